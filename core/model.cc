@@ -302,11 +302,18 @@ absl::Status Model::Init(const std::map<std::string, at::Tensor>& tensors) {
     linear_index_[head.name] = head.id;
     linears_.push_back(std::move(head));
 
+    for (const auto& [name, t] : tensors) {
+      // Old Llama checkpoints carry the rotary buffer; it is recomputed, not loaded.
+      if (!used.count(name) && name.find("rotary_emb.inv_freq") == std::string::npos) {
+        missing.push_back(absl::StrCat(name, " (present but unused by this config)"));
+      }
+    }
     if (!missing.empty()) {
       std::string list;
       for (size_t i = 0; i < missing.size() && i < 8; ++i) absl::StrAppend(&list, i ? ", " : "", missing[i]);
       if (missing.size() > 8) absl::StrAppend(&list, ", ... (", missing.size(), " in all)");
-      return absl::InvalidArgumentError(absl::StrCat("model ", name_, ": missing or mis-shaped tensors: ", list));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model ", name_, ": missing, mis-shaped or unexpected tensors: ", list));
     }
     // Rotary tables, float32, for every position up to the configured maximum.
     at::Tensor inv = RopeInvFreq(c);
@@ -329,15 +336,19 @@ LinearModule* Model::MutableLinear(const std::string& name) {
   return it == linear_index_.end() ? nullptr : &linears_[it->second];
 }
 
-bool Model::head_tied() const {
-  return linears_.back().weight.defined() && linears_.back().weight.is_same(embed_);
+std::vector<std::pair<std::string, at::Tensor>> Model::NormWeights() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    out.emplace_back(p + "input_layernorm.weight", layers_[l].input_norm);
+    out.emplace_back(p + "post_attention_layernorm.weight", layers_[l].post_norm);
+  }
+  out.emplace_back("model.norm.weight", final_norm_);
+  return out;
 }
 
-void Model::UntieHead() {
-  if (head_tied()) {
-    c10::InferenceMode guard;
-    linears_.back().weight = embed_.clone();
-  }
+bool Model::head_tied() const {
+  return linears_.back().weight.defined() && linears_.back().weight.is_same(embed_);
 }
 
 // ---------------------------------------------------------------- Forward

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -151,10 +152,10 @@ class Model {
   // [vocab, hidden] input embedding.
   const at::Tensor& embedding() const { return embed_; }
   at::Tensor& mutable_embedding() { return embed_; }
+  // The RMSNorm weights by checkpoint name (never changed by adapters).
+  std::vector<std::pair<std::string, at::Tensor>> NormWeights() const;
   // True while lm_head shares the embedding's storage.
   bool head_tied() const;
-  // Gives lm_head its own copy of the embedding (needed before merging an embedding LoRA).
-  void UntieHead();
 
  private:
   Model() = default;
