@@ -13,6 +13,7 @@
 #include "core/model.h"
 #include "core/tensor_io.h"
 #include "tests/testing/fixtures.h"
+#include "tests/testing/peft_case.h"
 #include "tests/testing/status_matchers.h"
 
 namespace loraserve::core {
@@ -27,30 +28,10 @@ const std::vector<std::string> kSingleCases = {
     "qv_r4", "qv_r4_b", "all_linear_r8_rslora", "patterns", "regex_target",
     "dora_qv", "embed_lora", "modules_to_save_head", "lora_bias"};
 
-std::string PeftDir(const std::string& c) { return testing::SharedPath("fixtures/peft/" + c); }
-
-// max |a − b| − rtol·|b|: ≤ atol means allclose(atol, rtol=1e-4).
-double Excess(const at::Tensor& a, const at::Tensor& b) {
-  return ((a - b).abs() - 1e-4 * b.abs()).max().item<double>();
-}
-
-struct Case {
-  std::string name;
-  Json json;
-  std::map<std::string, at::Tensor> expected;
-  std::vector<std::vector<int32_t>> prompts;
-  double atol = 1e-4;
-};
-
-Case LoadCase(const std::string& name) {
-  Case c;
-  c.name = name;
-  c.json = *ReadJsonFile(PeftDir(name) + "/expected.json");
-  c.expected = *LoadSafetensors(PeftDir(name) + "/expected.safetensors");
-  for (const Json& p : c.json["prompts"]) c.prompts.push_back(p["ids"].get<std::vector<int32_t>>());
-  c.atol = c.json.value("recommended_logits_atol", 1e-4);
-  return c;
-}
+using Case = ::loraserve::testing::PeftCase;
+using ::loraserve::testing::PeftDir;
+Case LoadCase(const std::string& name) { return ::loraserve::testing::LoadPeftCase(name); }
+double Excess(const at::Tensor& a, const at::Tensor& b) { return ::loraserve::testing::AllcloseExcess(a, b); }
 
 class LoraFixtureTest : public ::testing::Test {
  protected:
