@@ -21,35 +21,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "core/adapter_types.h"
 #include "core/lora_adapter.h"
 #include "core/model.h"
 
 namespace loraserve::core {
-
-struct AdapterRegistryOptions {
-  // Resident adapter bytes allowed before LRU eviction; <= 0 means unbounded.
-  int64_t budget_bytes = 0;
-  AdapterLoadOptions load;
-  // Where adapters without files (combined ones) are written when evicted; "" = a private
-  // temporary directory created on first need.
-  std::string spill_dir;
-};
-
-struct AdapterInfo {
-  std::string name;
-  std::string source_dir;  // "" for in-memory adapters that were never spilled
-  bool resident = false;
-  bool pinned = false;     // merged adapters are pinned (never evicted)
-  int64_t bytes = 0;       // tensor bytes when resident
-  int64_t max_rank = 0;
-  std::vector<int64_t> ranks;             // per module, in module order
-  std::vector<std::string> target_modules;
-  bool dora = false;
-  bool has_head = false;
-  std::string base_model_name_or_path;
-  std::vector<std::string> warnings;      // e.g. base model mismatch
-  int64_t uses = 0;                       // Get() calls
-};
 
 // Thread-safe.
 class AdapterRegistry {

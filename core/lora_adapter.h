@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/adapter_types.h"
 #include "core/lora_config.h"
 #include "core/model.h"
 
@@ -42,10 +43,6 @@ struct LoraModule {
   bool is_dora() const { return magnitude.defined(); }
   // ΔW = s·B·A as [out, in] (Linear) or ΔE = s·(B·A)ᵀ as [vocab, hidden] (Embedding), fp32.
   at::Tensor Delta() const;
-};
-
-struct AdapterLoadOptions {
-  int64_t max_rank = 256;
 };
 
 class LoraAdapter {

@@ -12,39 +12,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/adapter_types.h"
 #include "core/lora_adapter.h"
 #include "core/model.h"
 
 namespace loraserve::core {
-
-enum class CombinationType {
-  kLinear,
-  kCat,
-  kSvd,
-  kTies,
-  kTiesSvd,
-  kDareLinear,
-  kDareTies,
-  kDareLinearSvd,
-  kDareTiesSvd,
-  kMagnitudePrune,
-  kMagnitudePruneSvd,
-};
-
-// "linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
-// "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"; InvalidArgument otherwise.
-absl::StatusOr<CombinationType> ParseCombinationType(absl::string_view name);
-const char* CombinationTypeName(CombinationType type);
-
-struct CombineOptions {
-  CombinationType type = CombinationType::kSvd;
-  std::vector<double> weights;  // one per source; negative allowed
-  int64_t svd_rank = 0;         // svd family: 0 = the largest source rank
-  double svd_clamp = 0;         // svd family: 0 = no clamping, else a quantile in (0, 1)
-  double density = 1.0;         // ties / dare / magnitude_prune: fraction kept, (0, 1]
-  std::string majority_sign_method = "total";  // or "frequency"
-  uint64_t seed = 0;            // DARE masks: same seed → same adapter
-};
 
 // Builds the combined adapter `name` from `sources`. InvalidArgument for: no sources, weights of
 // the wrong length, unequal ranks where the type needs equal ranks, DoRA / lora_bias /
