@@ -64,12 +64,24 @@ std::string ContinuationDecoder::Next(int32_t id) { return DropPromptText(decode
 
 std::string ContinuationDecoder::Finish() { return DropPromptText(decoder_.Finish()); }
 
-absl::StatusOr<GenerationResult> Generate(const Model& model, const Tokenizer& tokenizer,
-                                          const std::vector<int32_t>& prompt_ids,
-                                          const SamplingOptions& options, ForwardHooks* hooks,
-                                          std::function<bool(const TokenEvent&)> on_token) {
-  LORASERVE_RETURN_IF_ERROR(ValidateSamplingOptions(options));
-  const ModelConfig& config = model.config();
+SequenceGenerator::SequenceGenerator(const ModelConfig& config, const Tokenizer& tokenizer,
+                                     const std::vector<int32_t>& prompt_ids,
+                                     const SamplingOptions& options)
+    : options_(options),
+      max_context_(config.max_position_embeddings),
+      prompt_len_(static_cast<int64_t>(prompt_ids.size())),
+      sampler_(options),
+      stop_(options.stop),
+      decoder_(tokenizer, prompt_ids) {
+  if (options.stop_on_eos) {
+    for (int64_t id : config.eos_token_ids) eos_.insert(static_cast<int32_t>(id));
+    if (tokenizer.eos_id() >= 0) eos_.insert(tokenizer.eos_id());
+  }
+  result_.seed = sampler_.seed();
+}
+
+absl::Status SequenceGenerator::ValidatePrompt(const ModelConfig& config,
+                                               const std::vector<int32_t>& prompt_ids) {
   const int64_t prompt_len = static_cast<int64_t>(prompt_ids.size());
   if (prompt_len == 0) return absl::InvalidArgumentError("the prompt has no tokens");
   if (prompt_len > config.max_position_embeddings) {
@@ -77,75 +89,85 @@ absl::StatusOr<GenerationResult> Generate(const Model& model, const Tokenizer& t
         absl::StrCat("the prompt has ", prompt_len, " tokens, more than the model's context of ",
                      config.max_position_embeddings));
   }
-  std::set<int32_t> eos;
-  if (options.stop_on_eos) {
-    for (int64_t id : config.eos_token_ids) eos.insert(static_cast<int32_t>(id));
-    if (tokenizer.eos_id() >= 0) eos.insert(tokenizer.eos_id());
+  for (int32_t id : prompt_ids) {
+    if (id < 0 || id >= config.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary [0, ",
+                                                     config.vocab_size, ")"));
+    }
   }
+  return absl::OkStatus();
+}
 
+absl::StatusOr<TokenEvent> SequenceGenerator::Step(const at::Tensor& logits_row) {
+  LORASERVE_ASSIGN_OR_RETURN(SampledToken token, sampler_.Sample(logits_row));
+  TokenEvent event;
+  event.id = token.id;
+  event.index = static_cast<int32_t>(result_.tokens.size());
+  event.logprob = token.logprob;
+  event.top_logprobs = token.top_logprobs;
+  result_.tokens.push_back(token.id);
+  if (options_.logprobs) result_.logprobs.push_back(std::move(token));
+
+  // Decide whether this token ends generation before streaming it, so that its event can carry
+  // the held-back text.
+  const bool is_eos = eos_.count(event.id) > 0;
+  finished_ = true;
+  if (!is_eos) event.text = stop_.Push(decoder_.Next(event.id));
+  const int64_t generated = static_cast<int64_t>(result_.tokens.size());
+  if (stop_.stopped()) {
+    result_.finish_reason = FinishReason::kStop;
+  } else if (is_eos) {
+    result_.finish_reason = FinishReason::kEos;
+  } else if (generated >= options_.max_new_tokens || prompt_len_ + generated >= max_context_) {
+    // The next step would feed this token at position prompt_len + generated - 1; stopping when
+    // prompt + generated reaches the context keeps every token within it.
+    result_.finish_reason = FinishReason::kLength;
+  } else {
+    finished_ = false;
+  }
+  if (finished_ && !stop_.stopped()) {
+    // Text the decoder still held back may itself complete a stop string.
+    absl::StrAppend(&event.text, stop_.Push(decoder_.Finish()));
+    if (stop_.stopped()) {
+      result_.finish_reason = FinishReason::kStop;
+    } else {
+      absl::StrAppend(&event.text, stop_.Flush());
+    }
+  }
+  if (stop_.stopped()) result_.stop_string = stop_.matched();
+  absl::StrAppend(&result_.text, event.text);
+  return event;
+}
+
+void SequenceGenerator::Cancel() {
+  if (finished_) return;
+  finished_ = true;
+  result_.finish_reason = FinishReason::kCancelled;
+}
+
+absl::StatusOr<GenerationResult> Generate(const Model& model, const Tokenizer& tokenizer,
+                                          const std::vector<int32_t>& prompt_ids,
+                                          const SamplingOptions& options, ForwardHooks* hooks,
+                                          std::function<bool(const TokenEvent&)> on_token) {
+  LORASERVE_RETURN_IF_ERROR(ValidateSamplingOptions(options));
+  LORASERVE_RETURN_IF_ERROR(SequenceGenerator::ValidatePrompt(model.config(), prompt_ids));
   c10::InferenceMode inference_mode;
-  KvCache cache(config, model.options());
+  KvCache cache(model.config(), model.options());
   constexpr int64_t kSeq = 0;
   LORASERVE_RETURN_IF_ERROR(cache.AddSequence(kSeq));
-  Sampler sampler(options);
-  StopMatcher stop(options.stop);
-  ContinuationDecoder decoder(tokenizer, prompt_ids);
-
-  GenerationResult result;
-  result.seed = sampler.seed();
+  SequenceGenerator gen(model.config(), tokenizer, prompt_ids, options);
   SequenceInput input{kSeq, prompt_ids};
   while (true) {
     LORASERVE_ASSIGN_OR_RETURN(
         at::Tensor logits,
         model.Forward(absl::MakeConstSpan(&input, 1), &cache, LogitsMode::kLast, hooks));
     LORASERVE_ASSIGN_OR_RETURN(at::Tensor row, CallTorch("generate", [&] { return logits[0]; }));
-    LORASERVE_ASSIGN_OR_RETURN(SampledToken token, sampler.Sample(row));
-
-    TokenEvent event;
-    event.id = token.id;
-    event.index = static_cast<int32_t>(result.tokens.size());
-    event.logprob = token.logprob;
-    event.top_logprobs = token.top_logprobs;
-    result.tokens.push_back(token.id);
-    if (options.logprobs) result.logprobs.push_back(std::move(token));
-
-    // Decide whether this token ends generation before streaming it, so that its event can carry
-    // the held-back text.
-    const bool is_eos = eos.count(event.id) > 0;
-    bool finished = true;
-    if (!is_eos) event.text = stop.Push(decoder.Next(event.id));
-    const int64_t generated = static_cast<int64_t>(result.tokens.size());
-    if (stop.stopped()) {
-      result.finish_reason = FinishReason::kStop;
-    } else if (is_eos) {
-      result.finish_reason = FinishReason::kEos;
-    } else if (generated >= options.max_new_tokens ||
-               prompt_len + generated >= config.max_position_embeddings) {
-      // The next step would feed this token at position prompt_len + generated - 1; stopping when
-      // prompt + generated reaches the context keeps every token within it.
-      result.finish_reason = FinishReason::kLength;
-    } else {
-      finished = false;
-    }
-    if (finished && !stop.stopped()) {
-      // Text the decoder still held back may itself complete a stop string.
-      absl::StrAppend(&event.text, stop.Push(decoder.Finish()));
-      if (stop.stopped()) {
-        result.finish_reason = FinishReason::kStop;
-      } else {
-        absl::StrAppend(&event.text, stop.Flush());
-      }
-    }
-    if (stop.stopped()) result.stop_string = stop.matched();
-    absl::StrAppend(&result.text, event.text);
-    if (on_token && !on_token(event) && !finished) {
-      result.finish_reason = FinishReason::kCancelled;
-      break;
-    }
-    if (finished) break;
+    LORASERVE_ASSIGN_OR_RETURN(TokenEvent event, gen.Step(row));
+    if (on_token && !on_token(event)) gen.Cancel();
+    if (gen.finished()) break;
     input.tokens.assign(1, event.id);
   }
-  return result;
+  return std::move(gen.result());
 }
 
 }  // namespace loraserve::core

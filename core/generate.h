@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,40 @@ class ContinuationDecoder {
   StreamingDecoder decoder_;
   // The prompt's text that the decoder has not returned yet; dropped from its next output.
   std::string pending_prompt_text_;
+};
+
+// The per-sequence state of one generation: sampling, EOS and stop-string detection, streamed
+// text. Shared by Generate() below and the batching engine, so both finish sequences by the same
+// rules. Not thread-safe; one per sequence.
+class SequenceGenerator {
+ public:
+  // `options` must have passed ValidateSamplingOptions and the prompt ValidatePrompt.
+  SequenceGenerator(const ModelConfig& config, const Tokenizer& tokenizer,
+                    const std::vector<int32_t>& prompt_ids, const SamplingOptions& options);
+
+  // InvalidArgument for an empty prompt, one longer than the context, or ids outside the vocabulary.
+  static absl::Status ValidatePrompt(const ModelConfig& config, const std::vector<int32_t>& prompt_ids);
+
+  // Samples the next token from a float32 CPU logits row [vocab] and returns its event; after the
+  // token that ends generation (EOS, stop string, max_new_tokens, full context) finished() is
+  // true and the event carries all held-back text.
+  absl::StatusOr<TokenEvent> Step(const at::Tensor& logits_row);
+  // Ends an unfinished generation with FinishReason::kCancelled.
+  void Cancel();
+  bool finished() const { return finished_; }
+  GenerationResult& result() { return result_; }
+  int64_t prompt_len() const { return prompt_len_; }
+
+ private:
+  SamplingOptions options_;
+  int64_t max_context_;
+  int64_t prompt_len_;
+  std::set<int32_t> eos_;
+  Sampler sampler_;
+  StopMatcher stop_;
+  ContinuationDecoder decoder_;
+  GenerationResult result_;
+  bool finished_ = false;
 };
 
 // Generates a continuation of `prompt_ids` (which should start with BOS where the model expects
