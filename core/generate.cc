@@ -147,7 +147,8 @@ void SequenceGenerator::Cancel() {
 
 absl::StatusOr<GenerationResult> Generate(const Model& model, const Tokenizer& tokenizer,
                                           const std::vector<int32_t>& prompt_ids,
-                                          const SamplingOptions& options, ForwardHooks* hooks,
+                                          const SamplingOptions& options,
+                                          const HooksFactory& make_hooks,
                                           std::function<bool(const TokenEvent&)> on_token) {
   LORASERVE_RETURN_IF_ERROR(ValidateSamplingOptions(options));
   LORASERVE_RETURN_IF_ERROR(SequenceGenerator::ValidatePrompt(model.config(), prompt_ids));
@@ -158,9 +159,10 @@ absl::StatusOr<GenerationResult> Generate(const Model& model, const Tokenizer& t
   SequenceGenerator gen(model.config(), tokenizer, prompt_ids, options);
   SequenceInput input{kSeq, prompt_ids};
   while (true) {
-    LORASERVE_ASSIGN_OR_RETURN(
-        at::Tensor logits,
-        model.Forward(absl::MakeConstSpan(&input, 1), &cache, LogitsMode::kLast, hooks));
+    const auto batch = absl::MakeConstSpan(&input, 1);
+    std::unique_ptr<ForwardHooks> hooks = make_hooks ? make_hooks(batch) : nullptr;
+    LORASERVE_ASSIGN_OR_RETURN(at::Tensor logits,
+                               model.Forward(batch, &cache, LogitsMode::kLast, hooks.get()));
     LORASERVE_ASSIGN_OR_RETURN(at::Tensor row, CallTorch("generate", [&] { return logits[0]; }));
     LORASERVE_ASSIGN_OR_RETURN(TokenEvent event, gen.Step(row));
     if (on_token && !on_token(event)) gen.Cancel();

@@ -90,10 +90,15 @@ class SequenceGenerator {
 // prompt longer than max_position_embeddings or an id outside the vocabulary; errors of
 // Model::Forward otherwise. Thread-safety: safe to call concurrently (each call has its own KV
 // cache and sampler) as long as nobody mutates the model meanwhile.
+// Builds the hooks for one forward over `batch` (e.g. LoraModel::MakeHooks with the adapter):
+// hooks are per-forward objects because they know the batch's row layout.
+using HooksFactory =
+    std::function<std::unique_ptr<ForwardHooks>(absl::Span<const SequenceInput> batch)>;
+
 absl::StatusOr<GenerationResult> Generate(const Model& model, const Tokenizer& tokenizer,
                                           const std::vector<int32_t>& prompt_ids,
                                           const SamplingOptions& options,
-                                          ForwardHooks* hooks = nullptr,
+                                          const HooksFactory& make_hooks = nullptr,
                                           std::function<bool(const TokenEvent&)> on_token = nullptr);
 
 }  // namespace loraserve::core

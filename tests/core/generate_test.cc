@@ -408,6 +408,24 @@ TEST(StopMatcherTest, RandomSplitsAgreeWithWholeTextSearch) {
 
 // ---------------------------------------------------------------- Generate on stories260K
 
+// Lends one long-lived hooks object to every forward (the test hooks count calls across steps).
+class BorrowedHooks : public ForwardHooks {
+ public:
+  explicit BorrowedHooks(ForwardHooks* target) : target_(target) {}
+  at::Tensor OnLinear(const LinearModule& m, const at::Tensor& x, at::Tensor y) override {
+    return target_->OnLinear(m, x, std::move(y));
+  }
+  at::Tensor OnEmbedding(const at::Tensor& ids, at::Tensor y) override {
+    return target_->OnEmbedding(ids, std::move(y));
+  }
+  at::Tensor OnHead(const at::Tensor& h, const at::Tensor& rows, at::Tensor logits) override {
+    return target_->OnHead(h, rows, std::move(logits));
+  }
+
+ private:
+  ForwardHooks* target_;
+};
+
 class GenerateTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -429,7 +447,13 @@ class GenerateTest : public ::testing::Test {
         return true;
       };
     }
-    return Generate(*model_, *tokenizer_, prompt, options, hooks, on_token);
+    HooksFactory factory;
+    if (hooks != nullptr) {
+      factory = [hooks](absl::Span<const SequenceInput>) -> std::unique_ptr<ForwardHooks> {
+        return std::make_unique<BorrowedHooks>(hooks);
+      };
+    }
+    return Generate(*model_, *tokenizer_, prompt, options, factory, on_token);
   }
 
   static SamplingOptions Greedy(int n) {
