@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -63,6 +64,19 @@ absl::StatusOr<DemoModel> MakeDemoModel(const ModelMakerOptions& options);
 // directory and !options.overwrite, or exists and is not a directory; Internal / InvalidArgument
 // from the file writers.
 absl::Status WriteDemoModel(const std::string& dir, const ModelMakerOptions& options);
+
+// Names of the demo adapters WriteDemoAdapters writes.
+std::vector<std::string> DemoAdapterNames();
+
+// Writes a few PEFT-format adapters for the model in `model_dir` (deterministic for `seed`)
+// through the project's own adapter writer, one sub-directory each under `out_dir`:
+//   demo-qv    LoRA r=8 on q_proj/v_proj
+//   demo-mlp   rsLoRA r=16 on gate/up/down_proj
+//   demo-dora  DoRA r=4 on q_proj/v_proj
+//   demo-head  LoRA r=4 on q_proj plus its own lm_head (modules_to_save)
+// FailedPrecondition if a target sub-directory is not empty; errors of Model::Load otherwise.
+absl::Status WriteDemoAdapters(const std::string& model_dir, const std::string& out_dir,
+                               uint64_t seed = 0);
 
 }  // namespace loraserve::core
 

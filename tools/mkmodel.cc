@@ -15,21 +15,25 @@ constexpr int kUsageError = 64;
 void PrintUsage() {
   std::fprintf(stderr,
                "usage: loraserve-mkmodel --out DIR [--preset tiny|bench] [--seed N] [--force]\n"
+               "                         [--adapters DIR]\n"
                "\n"
-               "Writes config.json, model.safetensors and tokenizer.json to DIR.\n"
+               "Writes config.json, model.safetensors and tokenizer.json to DIR, and with\n"
+               "--adapters a few PEFT-format demo adapters (demo-qv, demo-mlp, demo-dora,\n"
+               "demo-head) for that model, one sub-directory each.\n"
                "\n"
                "flags:\n"
                "  --out DIR        output directory (created if missing)\n"
                "  --preset NAME    tiny (default; ~0.1M parameters) or bench (~220M parameters)\n"
                "  --seed N         weight seed (default 0); the same seed gives the same bytes\n"
-               "  --force          write into DIR even if it is not empty\n");
+               "  --force          write into DIR even if it is not empty\n"
+               "  --adapters DIR   also write the demo adapters under DIR\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   loraserve::core::ModelMakerOptions options;
-  std::string out;
+  std::string out, adapters;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     // Accepts both "--flag value" and "--flag=value".
@@ -51,6 +55,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--force") {
       options.overwrite = true;
+    } else if (value("--adapters", &v)) {
+      adapters = v;
     } else if (value("--out", &v)) {
       out = v;
     } else if (value("--preset", &v)) {
@@ -85,5 +91,13 @@ int main(int argc, char** argv) {
   std::printf("wrote the %s model (seed %llu) to %s\n",
               loraserve::core::ModelPresetName(options.preset),
               static_cast<unsigned long long>(options.seed), out.c_str());
+  if (!adapters.empty()) {
+    status = loraserve::core::WriteDemoAdapters(out, adapters, options.seed);
+    if (!status.ok()) {
+      std::fprintf(stderr, "loraserve-mkmodel: adapters: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    std::printf("wrote demo adapters to %s\n", adapters.c_str());
+  }
   return 0;
 }
