@@ -6,7 +6,8 @@
 //   Distinct/N      N distinct unmerged adapters spread over the 32 rows (mixed batch)
 //   PeftSwap/N      the PEFT-style alternative: the batch split per adapter, one forward per adapter
 // Decode = one new token per row per step; Prefill = the 128-token prompts of all rows.
-// Threads: $LORASERVE_BENCH_THREADS (default 2).
+// Threads: $LORASERVE_BENCH_THREADS (default 2). Dtype: $LORASERVE_BENCH_DTYPE = float32 (default)
+// or bfloat16 (base weights in bf16; the LoRA products stay fp32).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -46,7 +47,10 @@ Setup& Bench() {
     options.preset = ModelPreset::kBench;
     auto made = MakeDemoModel(options);
     if (!made.ok()) std::abort();
-    setup->model = std::move(*Model::FromTensors(made->config, made->tensors, ModelOptions(), "bench"));
+    ModelOptions mo;
+    const char* dtype = std::getenv("LORASERVE_BENCH_DTYPE");
+    if (dtype != nullptr && std::string(dtype) == "bfloat16") mo.dtype = at::kBFloat16;
+    setup->model = std::move(*Model::FromTensors(made->config, made->tensors, mo, "bench"));
     setup->lora = std::make_unique<LoraModel>(setup->model.get());
     at::manual_seed(0);
     for (int i = 0; i < kBatch; ++i) {
