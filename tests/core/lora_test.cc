@@ -132,8 +132,7 @@ TEST_F(LoraFixtureTest, MergeUnmergeConformance) {
 
 TEST_F(LoraFixtureTest, MergeAndUnloadExportLoadsAsPlainModel) {
   const std::string src = testing::SharedPath("fixtures/models/stories260K");
-  for (const std::string& name : {std::string("patterns"), std::string("dora_qv"), std::string("embed_lora"),
-                                  std::string("modules_to_save_head"), std::string("lora_bias")}) {
+  for (const std::string& name : kSingleCases) {
     SCOPED_TRACE(name);
     Case c = LoadCase(name);
     ASSERT_OK_AND_ASSIGN(AdapterPtr a, Load(name));

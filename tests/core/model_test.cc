@@ -246,3 +246,67 @@ TEST(ModelLoadTest, ClearErrorsForBadCheckpoints) {
 
 }  // namespace
 }  // namespace loraserve::core
+
+namespace loraserve::core {
+namespace {
+
+// Qwen2 layout: q/k/v carry a bias. Zero biases must reproduce the plain Llama logits exactly;
+// non-zero biases must be applied (they change the logits), and batching still matches.
+TEST(ModelArchTest, Qwen2BiasesAreLoadedAndApplied) {
+  LORASERVE_REQUIRE_SHARED();
+  ASSERT_OK_AND_ASSIGN(auto tensors, LoadSafetensors(ModelDir() + "/model.safetensors"));
+  ASSERT_OK_AND_ASSIGN(Json json, ReadJsonFile(ModelDir() + "/config.json"));
+  json["model_type"] = "qwen2";
+  ASSERT_OK_AND_ASSIGN(ModelConfig cfg, ModelConfig::FromJson(json, "qwen2"));
+  EXPECT_TRUE(cfg.attention_bias);
+  EXPECT_FALSE(cfg.o_proj_bias);
+  ASSERT_OK_AND_ASSIGN(auto llama, Model::FromTensors(*ModelConfig::FromJson(*ReadJsonFile(ModelDir() + "/config.json"), "c"),
+                                                      tensors, ModelOptions(), "llama"));
+  auto with_bias = [&](double scale) {
+    auto t = tensors;
+    at::manual_seed(1);
+    for (int l = 0; l < 5; ++l) {
+      for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+        const std::string name = "model.layers." + std::to_string(l) + ".self_attn." + p;
+        t[name + ".bias"] = at::randn({t[name + ".weight"].size(0)}) * scale;
+      }
+    }
+    return Model::FromTensors(cfg, t, ModelOptions(), "qwen2");
+  };
+  // Missing biases are an error naming them.
+  EXPECT_THAT(Model::FromTensors(cfg, tensors, ModelOptions(), "qwen2"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("q_proj.bias")));
+  const std::vector<int32_t> ids = {1, 274, 287, 381, 261, 370};
+  ASSERT_OK_AND_ASSIGN(auto zero, with_bias(0.0));
+  ASSERT_OK_AND_ASSIGN(at::Tensor a, zero->Score(ids));
+  ASSERT_OK_AND_ASSIGN(at::Tensor b, llama->Score(ids));
+  EXPECT_TRUE(at::equal(a, b));
+  ASSERT_OK_AND_ASSIGN(auto biased, with_bias(0.5));
+  ASSERT_OK_AND_ASSIGN(at::Tensor c, biased->Score(ids));
+  EXPECT_GT((c - b).abs().max().item<double>(), 0.1);
+  KvCache cache(biased->config(), biased->options());
+  ASSERT_OK(cache.AddSequence(0));
+  ASSERT_OK(biased->Forward({{0, {ids.begin(), ids.begin() + 4}}}, &cache, LogitsMode::kLast).status());
+  ASSERT_OK_AND_ASSIGN(at::Tensor d, biased->Forward({{0, {ids[4], ids[5]}}}, &cache, LogitsMode::kAll));
+  EXPECT_LE(MaxDiff(d, c.narrow(0, 4, 2)), kAtol);
+}
+
+TEST(ModelArchTest, RopeScalingAndHeadDimAreParsed) {
+  Json j = {{"model_type", "llama"}, {"hidden_size", 64}, {"intermediate_size", 128},
+            {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+            {"head_dim", 32}, {"vocab_size", 100},
+            {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                              {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}}}};
+  ASSERT_OK_AND_ASSIGN(ModelConfig c, ModelConfig::FromJson(j, "cfg"));
+  EXPECT_EQ(c.head_dim, 32);
+  EXPECT_EQ(c.rope_scaling.type, "llama3");
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8.0);
+  j["rope_scaling"]["rope_type"] = "yarn";
+  EXPECT_THAT(ModelConfig::FromJson(j, "cfg"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("yarn")));
+  j.erase("rope_scaling");
+  j["num_key_value_heads"] = 3;
+  EXPECT_THAT(ModelConfig::FromJson(j, "cfg"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("multiple")));
+}
+
+}  // namespace
+}  // namespace loraserve::core
