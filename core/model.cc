@@ -434,14 +434,21 @@ absl::StatusOr<at::Tensor> Model::Forward(absl::Span<const SequenceInput> batch,
         const int64_t r0 = offsets[i], past = s->length, total = past + n;
         s->k[l].narrow(1, past, n).copy_(k.narrow(0, r0, n).transpose(0, 1));
         s->v[l].narrow(1, past, n).copy_(v.narrow(0, r0, n).transpose(0, 1));
-        at::Tensor keys = s->k[l].narrow(1, 0, total).unsqueeze(1);    // [nkv,1,L,D]
-        at::Tensor values = s->v[l].narrow(1, 0, total).unsqueeze(1);  // [nkv,1,L,D]
+        // Sliding window: no query of this chunk sees keys before `first`.
+        const int64_t window = c.sliding_window;
+        const int64_t first = window > 0 ? std::max<int64_t>(0, past + 1 - window) : 0;
+        const int64_t span = total - first;
+        at::Tensor keys = s->k[l].narrow(1, first, span).unsqueeze(1);    // [nkv,1,L,D]
+        at::Tensor values = s->v[l].narrow(1, first, span).unsqueeze(1);  // [nkv,1,L,D]
         // Query heads grouped by their kv head: [nkv, groups, n, D].
         at::Tensor qi = q.narrow(0, r0, n).view({n, nkv, groups, hd}).permute({1, 2, 0, 3});
         at::Tensor scores = at::matmul(qi, keys.transpose(-1, -2)).to(at::kFloat) * scale;
         if (n > 1) {
-          at::Tensor mask = at::ones({n, total}, at::TensorOptions().dtype(at::kBool).device(dev))
-                                .triu(past + 1);
+          // Query j (position past + j) sees keys first..past + j, and within the window only
+          // those after past + j - window.
+          at::Tensor ones = at::ones({n, span}, at::TensorOptions().dtype(at::kBool).device(dev));
+          at::Tensor mask = ones.triu(past - first + 1);
+          if (window > 0) mask = mask.logical_or(ones.tril(past - first - window));
           scores.masked_fill_(mask, -std::numeric_limits<float>::infinity());
         }
         at::Tensor probs = at::softmax(scores, -1).to(options_.dtype);

@@ -56,6 +56,15 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const Json& j, absl::string_vi
   if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
     return Invalid(source, "head_dim must be a positive even integer");
   }
+  LORASERVE_ASSIGN_OR_RETURN(c.sliding_window, JsonInt(j, "sliding_window", 0, source));
+  if (c.model_type == "qwen2") {
+    // Qwen2 applies its window only when use_sliding_window is set.
+    LORASERVE_ASSIGN_OR_RETURN(bool use, JsonBool(j, "use_sliding_window", false, source));
+    if (!use) c.sliding_window = 0;
+  } else if (c.model_type == "llama") {
+    c.sliding_window = 0;
+  }
+  if (c.sliding_window < 0) return Invalid(source, "sliding_window must be >= 0");
   LORASERVE_ASSIGN_OR_RETURN(c.bos_token_id, JsonInt(j, "bos_token_id", -1, source));
   if (auto it = j.find("eos_token_id"); it != j.end() && !it->is_null()) {
     if (it->is_number_integer()) {
@@ -115,6 +124,10 @@ Json ModelConfig::ToJson() const {
       {"mlp_bias", mlp_bias},
       {"torch_dtype", "float32"},
   };
+  if (sliding_window > 0) {
+    j["sliding_window"] = sliding_window;
+    if (model_type == "qwen2") j["use_sliding_window"] = true;
+  }
   if (bos_token_id >= 0) j["bos_token_id"] = bos_token_id;
   if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
   if (eos_token_ids.size() > 1) j["eos_token_id"] = eos_token_ids;

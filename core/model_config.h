@@ -41,6 +41,9 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   int64_t bos_token_id = -1;
   std::string hidden_act = "silu";
+  // Mistral / Qwen2 sliding-window attention: a token attends to the previous `sliding_window`
+  // positions (itself included); 0 = full attention.
+  int64_t sliding_window = 0;
 
   // Parses and validates config.json content. InvalidArgument naming the field for an unsupported
   // model_type or activation, missing or inconsistent sizes.

@@ -310,3 +310,38 @@ TEST(ModelArchTest, RopeScalingAndHeadDimAreParsed) {
 
 }  // namespace
 }  // namespace loraserve::core
+
+namespace loraserve::core {
+namespace {
+
+// Mistral-style sliding window: positions inside the window equal full attention; later ones
+// differ; the masked prefill path and the narrowed decode path agree.
+TEST(ModelArchTest, SlidingWindowAttention) {
+  LORASERVE_REQUIRE_SHARED();
+  ASSERT_OK_AND_ASSIGN(auto tensors, LoadSafetensors(ModelDir() + "/model.safetensors"));
+  ASSERT_OK_AND_ASSIGN(Json json, ReadJsonFile(ModelDir() + "/config.json"));
+  json["model_type"] = "mistral";
+  json["sliding_window"] = 4;
+  ASSERT_OK_AND_ASSIGN(ModelConfig cfg, ModelConfig::FromJson(json, "mistral"));
+  EXPECT_EQ(cfg.sliding_window, 4);
+  ASSERT_OK_AND_ASSIGN(auto windowed, Model::FromTensors(cfg, tensors, ModelOptions(), "w"));
+  ASSERT_OK_AND_ASSIGN(auto full, Model::Load(ModelDir(), ModelOptions()));
+  const std::vector<int32_t> ids = {1, 274, 287, 381, 261, 370, 352, 266, 268, 388, 269, 281};
+  ASSERT_OK_AND_ASSIGN(at::Tensor w, windowed->Score(ids));
+  ASSERT_OK_AND_ASSIGN(at::Tensor f, full->Score(ids));
+  EXPECT_LE(MaxDiff(w.narrow(0, 0, 4), f.narrow(0, 0, 4)), 1e-5);
+  EXPECT_GT(MaxDiff(w.narrow(0, 4, 8), f.narrow(0, 4, 8)), 1e-2);
+  KvCache cache(windowed->config(), windowed->options());
+  ASSERT_OK(cache.AddSequence(0));
+  ASSERT_OK(windowed->Forward({{0, {ids.begin(), ids.begin() + 5}}}, &cache, LogitsMode::kLast).status());
+  for (size_t t = 5; t < ids.size(); ++t) {
+    ASSERT_OK_AND_ASSIGN(at::Tensor row, windowed->Forward({{0, {ids[t]}}}, &cache, LogitsMode::kLast));
+    EXPECT_LE(MaxDiff(row[0], w[t]), kAtol) << t;
+  }
+  json["model_type"] = "llama";
+  ASSERT_OK_AND_ASSIGN(ModelConfig llama, ModelConfig::FromJson(json, "llama"));
+  EXPECT_EQ(llama.sliding_window, 0);
+}
+
+}  // namespace
+}  // namespace loraserve::core
