@@ -1,17 +1,245 @@
 #include "client/client.h"
 
 #include <grpcpp/grpcpp.h>
+#include <openssl/evp.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "loraserve/v1/adapter_service.grpc.pb.h"
+#include "loraserve/v1/inference_service.grpc.pb.h"
 
 namespace loraserve {
 namespace {
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+namespace fs = std::filesystem;
+namespace pb = ::loraserve::v1;
+
+constexpr char kRequestIdKey[] = "x-request-id";
+constexpr char kRetryAfterKey[] = "retry-after-ms";
+constexpr char kRequestIdPayload[] = "type.loraserve.dev/request-id";
+constexpr char kRetryAfterPayload[] = "type.loraserve.dev/retry-after-ms";
+constexpr int kMaxTransferFiles = 16;
+
+class Sha256 {
+ public:
+  Sha256() : md_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(md_, EVP_sha256(), nullptr); }
+  ~Sha256() { EVP_MD_CTX_free(md_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(const std::string& data) { EVP_DigestUpdate(md_, data.data(), data.size()); }
+  std::string HexDigest() {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(md_, digest, &len);
+    static const char kHex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned int i = 0; i < len; ++i) {
+      out += kHex[digest[i] >> 4];
+      out += kHex[digest[i] & 15];
+    }
+    return out;
+  }
+
+ private:
+  EVP_MD_CTX* md_;
+};
+
+// Same rule as the server's: 1 to 4 components of [A-Za-z0-9._-], none starting with '.'.
+absl::Status ValidateTransferPath(const std::string& path) {
+  std::vector<std::string> parts = absl::StrSplit(path, '/');
+  bool ok = !path.empty() && parts.size() <= 4;
+  for (const std::string& p : parts) {
+    ok = ok && !p.empty() && p.size() <= 255 && p.front() != '.';
+    for (char c : p) {
+      ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+    }
+  }
+  if (!ok) return absl::InvalidArgumentError(absl::StrCat("unsafe file path \"", path, "\""));
+  return absl::OkStatus();
 }
 
+std::string ToString(const grpc::string_ref& s) { return std::string(s.data(), s.size()); }
+
+void ReadTrailers(const grpc::ClientContext& ctx, CallInfo* info) {
+  const auto& md = ctx.GetServerTrailingMetadata();
+  if (auto it = md.find(kRequestIdKey); it != md.end()) info->request_id = ToString(it->second);
+  if (auto it = md.find(kRetryAfterKey); it != md.end()) {
+    int64_t ms = 0;
+    if (absl::SimpleAtoi(ToString(it->second), &ms) && ms >= 0) {
+      info->retry_after = absl::Milliseconds(ms);
+    }
+  }
+}
+
+AdapterInfo FromProto(const pb::Adapter& a) {
+  AdapterInfo out;
+  out.name = a.name();
+  switch (a.state()) {
+    case pb::ADAPTER_STATE_LOADING: out.state = AdapterState::kLoading; break;
+    case pb::ADAPTER_STATE_READY: out.state = AdapterState::kReady; break;
+    case pb::ADAPTER_STATE_MERGED: out.state = AdapterState::kMerged; break;
+    default: out.state = AdapterState::kUnspecified; break;
+  }
+  switch (a.residency()) {
+    case pb::RESIDENCY_RESIDENT: out.residency = Residency::kResident; break;
+    case pb::RESIDENCY_EVICTED: out.residency = Residency::kEvicted; break;
+    default: out.residency = Residency::kUnspecified; break;
+  }
+  switch (a.source()) {
+    case pb::ADAPTER_SOURCE_ADAPTER_ROOT: out.source = AdapterSource::kAdapterRoot; break;
+    case pb::ADAPTER_SOURCE_UPLOAD: out.source = AdapterSource::kUpload; break;
+    case pb::ADAPTER_SOURCE_COMBINED: out.source = AdapterSource::kCombined; break;
+    default: out.source = AdapterSource::kUnspecified; break;
+  }
+  out.path = a.path();
+  out.bytes = a.bytes();
+  out.max_rank = a.max_rank();
+  out.ranks.assign(a.ranks().begin(), a.ranks().end());
+  out.target_modules.assign(a.target_modules().begin(), a.target_modules().end());
+  out.dora = a.dora();
+  out.has_head = a.has_head();
+  out.base_model_name_or_path = a.base_model_name_or_path();
+  switch (a.base_model_match()) {
+    case pb::BASE_MODEL_MATCH_MATCH: out.base_model_match = BaseModelMatch::kMatch; break;
+    case pb::BASE_MODEL_MATCH_MISMATCH: out.base_model_match = BaseModelMatch::kMismatch; break;
+    case pb::BASE_MODEL_MATCH_UNKNOWN: out.base_model_match = BaseModelMatch::kUnknown; break;
+    default: out.base_model_match = BaseModelMatch::kUnspecified; break;
+  }
+  out.warnings.assign(a.warnings().begin(), a.warnings().end());
+  out.uses = a.uses();
+  return out;
+}
+
+absl::StatusOr<pb::CombinationType> CombinationToProto(const std::string& name) {
+  static const auto* kTypes = new std::map<std::string, pb::CombinationType>{
+      {"linear", pb::COMBINATION_TYPE_LINEAR},
+      {"cat", pb::COMBINATION_TYPE_CAT},
+      {"svd", pb::COMBINATION_TYPE_SVD},
+      {"ties", pb::COMBINATION_TYPE_TIES},
+      {"ties_svd", pb::COMBINATION_TYPE_TIES_SVD},
+      {"dare_linear", pb::COMBINATION_TYPE_DARE_LINEAR},
+      {"dare_ties", pb::COMBINATION_TYPE_DARE_TIES},
+      {"dare_linear_svd", pb::COMBINATION_TYPE_DARE_LINEAR_SVD},
+      {"dare_ties_svd", pb::COMBINATION_TYPE_DARE_TIES_SVD},
+      {"magnitude_prune", pb::COMBINATION_TYPE_MAGNITUDE_PRUNE},
+      {"magnitude_prune_svd", pb::COMBINATION_TYPE_MAGNITUDE_PRUNE_SVD},
+  };
+  auto it = kTypes->find(name);
+  if (it == kTypes->end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown combination type \"", name, "\""));
+  }
+  return it->second;
+}
+
+GeneratedToken TokenFromProto(const pb::GeneratedToken& t) {
+  GeneratedToken out;
+  out.id = t.id();
+  out.index = t.index();
+  out.text = t.text();
+  out.logprob = t.logprob();
+  for (const auto& tl : t.top_logprobs()) out.top_logprobs.push_back({tl.id(), tl.logprob()});
+  return out;
+}
+
+// Writes a FileChunk stream into a directory: each file to "<path>.part", renamed once its size
+// and SHA-256 check out.
+class DirectoryWriter {
+ public:
+  explicit DirectoryWriter(std::string dir) : dir_(std::move(dir)) {}
+  ~DirectoryWriter() {
+    if (file_ != nullptr) {
+      std::fclose(file_);
+      std::error_code ec;
+      fs::remove(part_, ec);
+    }
+  }
+
+  absl::Status Add(const pb::FileChunk& chunk) {
+    if (file_ == nullptr) {
+      absl::Status valid = ValidateTransferPath(chunk.path());
+      if (!valid.ok()) return valid;
+      if (chunk.offset() != 0) {
+        return absl::DataLossError(absl::StrCat(chunk.path(), ": stream starts at offset ", chunk.offset()));
+      }
+      if (static_cast<int>(files_.size()) >= kMaxTransferFiles) {
+        return absl::DataLossError("the server sent too many files");
+      }
+      path_ = chunk.path();
+      const fs::path final_path = fs::path(dir_) / path_;
+      std::error_code ec;
+      fs::create_directories(final_path.parent_path(), ec);
+      part_ = final_path.string() + ".part";
+      file_ = std::fopen(part_.c_str(), "wb");
+      if (file_ == nullptr) return absl::InternalError(absl::StrCat("cannot write ", part_));
+      size_ = 0;
+      hash_ = std::make_unique<Sha256>();
+    } else if (chunk.path() != path_ || chunk.offset() != size_) {
+      return absl::DataLossError(absl::StrCat("unexpected chunk ", chunk.path(), "@", chunk.offset(),
+                                              " while receiving ", path_, "@", size_));
+    }
+    const std::string& data = chunk.data();
+    if (!data.empty() && std::fwrite(data.data(), 1, data.size(), file_) != data.size()) {
+      return absl::InternalError(absl::StrCat("writing ", part_, " failed"));
+    }
+    hash_->Update(data);
+    size_ += static_cast<int64_t>(data.size());
+    if (!chunk.eof()) return absl::OkStatus();
+    const bool closed = std::fclose(file_) == 0;
+    file_ = nullptr;
+    const std::string digest = hash_->HexDigest();
+    if (!closed) return absl::InternalError(absl::StrCat("writing ", part_, " failed"));
+    if (chunk.size() != size_ || chunk.sha256() != digest) {
+      std::error_code ec;
+      fs::remove(part_, ec);
+      return absl::DataLossError(absl::StrCat(path_, ": size or SHA-256 mismatch"));
+    }
+    std::error_code ec;
+    fs::rename(part_, fs::path(dir_) / path_, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot rename ", part_, ": ", ec.message()));
+    files_.push_back({path_, size_, digest});
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<TransferredFile>> Finish() {
+    if (file_ != nullptr) return absl::DataLossError(absl::StrCat(path_, " ended without its eof chunk"));
+    return files_;
+  }
+
+ private:
+  std::string dir_;
+  std::string path_;
+  std::string part_;
+  std::FILE* file_ = nullptr;
+  int64_t size_ = 0;
+  std::unique_ptr<Sha256> hash_;
+  std::vector<TransferredFile> files_;
+};
+
 }  // namespace
+
+std::string RequestIdOf(const absl::Status& status) {
+  auto p = status.GetPayload(kRequestIdPayload);
+  return p.has_value() ? std::string(*p) : std::string();
+}
+
+std::optional<absl::Duration> RetryAfterOf(const absl::Status& status) {
+  auto p = status.GetPayload(kRetryAfterPayload);
+  int64_t ms = 0;
+  if (!p.has_value() || !absl::SimpleAtoi(std::string(*p), &ms)) return std::nullopt;
+  return absl::Milliseconds(ms);
+}
 
 const char* ServingStatusName(ServingStatus status) {
   switch (status) {
@@ -23,13 +251,109 @@ const char* ServingStatusName(ServingStatus status) {
   return "UNKNOWN";
 }
 
+const char* AdapterStateName(AdapterState state) {
+  switch (state) {
+    case AdapterState::kLoading: return "loading";
+    case AdapterState::kReady: return "ready";
+    case AdapterState::kMerged: return "merged";
+    case AdapterState::kUnspecified: break;
+  }
+  return "unspecified";
+}
+
+const char* ResidencyName(Residency residency) {
+  switch (residency) {
+    case Residency::kResident: return "resident";
+    case Residency::kEvicted: return "evicted";
+    case Residency::kUnspecified: break;
+  }
+  return "unspecified";
+}
+
+const char* AdapterSourceName(AdapterSource source) {
+  switch (source) {
+    case AdapterSource::kAdapterRoot: return "adapter_root";
+    case AdapterSource::kUpload: return "upload";
+    case AdapterSource::kCombined: return "combined";
+    case AdapterSource::kUnspecified: break;
+  }
+  return "unspecified";
+}
+
+const char* BaseModelMatchName(BaseModelMatch match) {
+  switch (match) {
+    case BaseModelMatch::kMatch: return "match";
+    case BaseModelMatch::kMismatch: return "mismatch";
+    case BaseModelMatch::kUnknown: return "unknown";
+    case BaseModelMatch::kUnspecified: break;
+  }
+  return "unspecified";
+}
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kUnspecified: break;
+  }
+  return "unspecified";
+}
+
 struct Client::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  std::unique_ptr<pb::AdapterService::Stub> adapters;
+  std::unique_ptr<pb::InferenceService::Stub> inference;
 
-  void SetDeadline(grpc::ClientContext* ctx) const {
-    ctx->set_deadline(absl::ToChronoTime(absl::Now() + options.default_deadline));
+  void Prepare(grpc::ClientContext* ctx, const CallOptions& call) const {
+    const absl::Duration timeout =
+        call.timeout > absl::ZeroDuration() ? call.timeout : options.default_deadline;
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    if (!call.request_id.empty()) ctx->AddMetadata(kRequestIdKey, call.request_id);
+  }
+
+  // The call's final status with the server's trailing metadata attached.
+  static absl::Status Complete(const grpc::ClientContext& ctx, const grpc::Status& s,
+                               const CallOptions& call) {
+    CallInfo info;
+    ReadTrailers(ctx, &info);
+    if (call.info != nullptr) *call.info = info;
+    if (s.ok()) return absl::OkStatus();
+    absl::Status out(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (!info.request_id.empty()) out.SetPayload(kRequestIdPayload, absl::Cord(info.request_id));
+    if (info.retry_after.has_value()) {
+      out.SetPayload(kRetryAfterPayload,
+                     absl::Cord(absl::StrCat(absl::ToInt64Milliseconds(*info.retry_after))));
+    }
+    return out;
+  }
+
+  template <typename Rpc, typename Request, typename Response>
+  absl::Status Unary(Rpc rpc, const Request& request, Response* response, const CallOptions& call) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, call);
+    grpc::Status s = rpc(&ctx, request, response);
+    return Complete(ctx, s, call);
+  }
+
+  template <typename Response>
+  absl::StatusOr<std::vector<TransferredFile>> Download(
+      grpc::ClientContext* ctx, grpc::ClientReaderInterface<Response>* reader,
+      const std::string& out_dir, const CallOptions& call) {
+    DirectoryWriter writer(out_dir);
+    Response msg;
+    absl::Status local;
+    while (reader->Read(&msg)) {
+      if (!local.ok()) continue;  // drain after a local error; the call is being cancelled
+      local = writer.Add(msg.chunk());
+      if (!local.ok()) ctx->TryCancel();
+    }
+    absl::Status s = Complete(*ctx, reader->Finish(), call);
+    if (!local.ok()) return local;
+    if (!s.ok()) return s;
+    return writer.Finish();
   }
 };
 
@@ -38,21 +362,29 @@ Client::~Client() = default;
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("empty server address");
+  if (options.upload_chunk_bytes <= 0) {
+    return absl::InvalidArgumentError("upload_chunk_bytes must be positive");
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->channel = grpc::CreateChannel(options.address, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(options.max_receive_message_bytes, INT32_MAX)));
+  impl->channel = grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
   impl->health = grpc::health::v1::Health::NewStub(impl->channel);
+  impl->adapters = pb::AdapterService::NewStub(impl->channel);
+  impl->inference = pb::InferenceService::NewStub(impl->channel);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
-absl::StatusOr<ServingStatus> Client::Health(const std::string& service) {
-  grpc::ClientContext ctx;
-  impl_->SetDeadline(&ctx);
+absl::StatusOr<ServingStatus> Client::Health(const std::string& service, const CallOptions& call) {
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(service);
   grpc::health::v1::HealthCheckResponse resp;
-  grpc::Status s = impl_->health->Check(&ctx, req, &resp);
-  if (!s.ok()) return FromGrpc(s);
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->health->Check(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
   switch (resp.status()) {
     case grpc::health::v1::HealthCheckResponse::SERVING: return ServingStatus::kServing;
     case grpc::health::v1::HealthCheckResponse::NOT_SERVING: return ServingStatus::kNotServing;
@@ -60,6 +392,326 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service) {
       return ServingStatus::kServiceUnknown;
     default: return ServingStatus::kUnknown;
   }
+}
+
+absl::StatusOr<AdapterInfo> Client::LoadAdapter(const std::string& name, const std::string& path,
+                                                const CallOptions& call) {
+  pb::LoadAdapterRequest req;
+  req.set_name(name);
+  req.set_path(path);
+  pb::LoadAdapterResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->LoadAdapter(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return FromProto(resp.adapter());
+}
+
+absl::StatusOr<AdapterInfo> Client::UploadAdapter(const std::string& name, const std::string& dir,
+                                                  const CallOptions& call) {
+  // List and hash the files first: the server wants the total size up front.
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_regular_file()) continue;
+    std::string rel = fs::relative(it->path(), dir, ec).generic_string();
+    absl::Status valid = ValidateTransferPath(rel);
+    if (!valid.ok()) return valid;
+    files.push_back(std::move(rel));
+  }
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+  if (files.empty()) return absl::InvalidArgumentError(absl::StrCat(dir, " has no files"));
+  if (static_cast<int>(files.size()) > kMaxTransferFiles) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, " has more than ", kMaxTransferFiles, " files"));
+  }
+  std::sort(files.begin(), files.end());
+  int64_t total = 0;
+  for (const auto& f : files) total += static_cast<int64_t>(fs::file_size(fs::path(dir) / f, ec));
+
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, call);
+  pb::UploadAdapterResponse resp;
+  std::unique_ptr<grpc::ClientWriter<pb::UploadAdapterRequest>> writer =
+      impl_->adapters->UploadAdapter(&ctx, &resp);
+  pb::UploadAdapterRequest first;
+  first.set_name(name);
+  first.set_total_bytes(total);
+  bool open = writer->Write(first);
+  absl::Status local;
+  std::string buf(static_cast<size_t>(impl_->options.upload_chunk_bytes), '\0');
+  for (size_t i = 0; open && local.ok() && i < files.size(); ++i) {
+    std::FILE* f = std::fopen((fs::path(dir) / files[i]).c_str(), "rb");
+    if (f == nullptr) {
+      local = absl::InvalidArgumentError(absl::StrCat("cannot read ", files[i]));
+      break;
+    }
+    Sha256 hash;
+    int64_t offset = 0;
+    while (open) {
+      const size_t n = std::fread(buf.data(), 1, buf.size(), f);
+      const bool eof = n < buf.size();
+      pb::UploadAdapterRequest msg;
+      pb::FileChunk* chunk = msg.mutable_chunk();
+      chunk->set_path(files[i]);
+      chunk->set_offset(offset);
+      chunk->set_data(buf.data(), n);
+      hash.Update(chunk->data());
+      offset += static_cast<int64_t>(n);
+      if (eof) {
+        chunk->set_eof(true);
+        chunk->set_size(offset);
+        chunk->set_sha256(hash.HexDigest());
+      }
+      // A file of an exact multiple of the chunk size ends with an empty eof chunk.
+      open = writer->Write(msg);
+      if (eof) break;
+    }
+    std::fclose(f);
+  }
+  if (!local.ok()) ctx.TryCancel();
+  if (open) writer->WritesDone();
+  absl::Status s = impl_->Complete(ctx, writer->Finish(), call);
+  if (!local.ok()) return local;
+  if (!s.ok()) return s;
+  return FromProto(resp.adapter());
+}
+
+absl::StatusOr<AdapterInfo> Client::GetAdapter(const std::string& name, const CallOptions& call) {
+  pb::GetAdapterRequest req;
+  req.set_name(name);
+  pb::GetAdapterResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->GetAdapter(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return FromProto(resp.adapter());
+}
+
+absl::StatusOr<std::vector<AdapterInfo>> Client::ListAdapters(const CallOptions& call) {
+  pb::ListAdaptersRequest req;
+  pb::ListAdaptersResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->ListAdapters(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  std::vector<AdapterInfo> out;
+  for (const auto& a : resp.adapters()) out.push_back(FromProto(a));
+  return out;
+}
+
+absl::Status Client::DeleteAdapter(const std::string& name, const CallOptions& call) {
+  pb::DeleteAdapterRequest req;
+  req.set_name(name);
+  pb::DeleteAdapterResponse resp;
+  return impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->DeleteAdapter(c, q, r); },
+      req, &resp, call);
+}
+
+absl::StatusOr<MergeResult> Client::MergeAdapter(const std::string& name, const CallOptions& call) {
+  pb::MergeAdapterRequest req;
+  req.set_name(name);
+  pb::MergeAdapterResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->MergeAdapter(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  MergeResult out;
+  out.already_merged = resp.already_merged();
+  out.adapter = FromProto(resp.adapter());
+  return out;
+}
+
+absl::StatusOr<AdapterInfo> Client::UnmergeAdapter(const std::string& name, const CallOptions& call) {
+  pb::UnmergeAdapterRequest req;
+  req.set_name(name);
+  pb::UnmergeAdapterResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->UnmergeAdapter(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return FromProto(resp.adapter());
+}
+
+absl::StatusOr<int> Client::UnloadAll(const CallOptions& call) {
+  pb::UnloadAllRequest req;
+  pb::UnloadAllResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->UnloadAll(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return resp.deleted();
+}
+
+absl::StatusOr<AdapterInfo> Client::CombineAdapters(const CombineRequest& request,
+                                                    const CallOptions& call) {
+  pb::CombineAdaptersRequest req;
+  req.set_name(request.name);
+  for (const auto& s : request.sources) {
+    pb::WeightedAdapter* w = req.add_sources();
+    w->set_name(s.name);
+    w->set_weight(s.weight);
+  }
+  absl::StatusOr<pb::CombinationType> type = CombinationToProto(request.combination_type);
+  if (!type.ok()) return type.status();
+  req.set_combination_type(*type);
+  req.set_svd_rank(request.svd_rank);
+  req.set_svd_clamp(request.svd_clamp);
+  req.set_density(request.density);
+  if (request.majority_sign_method == "total") {
+    req.set_majority_sign_method(pb::MAJORITY_SIGN_METHOD_TOTAL);
+  } else if (request.majority_sign_method == "frequency") {
+    req.set_majority_sign_method(pb::MAJORITY_SIGN_METHOD_FREQUENCY);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown majority sign method \"", request.majority_sign_method, "\""));
+  }
+  req.set_seed(request.seed);
+  pb::CombineAdaptersResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->CombineAdapters(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return FromProto(resp.adapter());
+}
+
+absl::StatusOr<std::vector<TransferredFile>> Client::SaveAdapter(const std::string& name,
+                                                                 const std::string& out_dir,
+                                                                 const CallOptions& call) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, call);
+  pb::SaveAdapterRequest req;
+  req.set_name(name);
+  auto reader = impl_->adapters->SaveAdapter(&ctx, req);
+  return impl_->Download(&ctx, reader.get(), out_dir, call);
+}
+
+absl::StatusOr<std::vector<TransferredFile>> Client::ExportMergedModel(
+    const std::vector<std::string>& adapters, const std::string& out_dir, const CallOptions& call) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, call);
+  pb::ExportMergedModelRequest req;
+  for (const auto& a : adapters) req.add_adapters(a);
+  auto reader = impl_->adapters->ExportMergedModel(&ctx, req);
+  return impl_->Download(&ctx, reader.get(), out_dir, call);
+}
+
+absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request,
+                                                const TokenCallback& on_token,
+                                                const CallOptions& call) {
+  pb::GenerateRequest req;
+  req.set_adapter(request.adapter);
+  req.set_text(request.text);
+  req.mutable_token_ids()->Assign(request.token_ids.begin(), request.token_ids.end());
+  const SamplingParams& sp = request.sampling;
+  pb::SamplingOptions* so = req.mutable_sampling();
+  if (sp.temperature.has_value()) so->set_temperature(*sp.temperature);
+  so->set_top_k(sp.top_k);
+  if (sp.top_p.has_value()) so->set_top_p(*sp.top_p);
+  if (sp.seed.has_value()) so->set_seed(*sp.seed);
+  so->set_max_new_tokens(sp.max_new_tokens);
+  for (const auto& s : sp.stop) so->add_stop(s);
+  so->set_ignore_eos(sp.ignore_eos);
+  so->set_logprobs(sp.logprobs);
+  so->set_top_logprobs(sp.top_logprobs);
+
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, call);
+  auto reader = impl_->inference->Generate(&ctx, req);
+  GenerateResult result;
+  bool cancelled = false;
+  pb::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (cancelled) continue;
+    for (const auto& t : msg.tokens()) {
+      GeneratedToken token = TokenFromProto(t);
+      result.text += token.text;
+      const bool go_on = !on_token || on_token(token);
+      result.tokens.push_back(std::move(token));
+      if (!go_on) {
+        cancelled = true;
+        ctx.TryCancel();
+        break;
+      }
+    }
+    if (msg.has_summary()) {
+      const pb::GenerationSummary& s = msg.summary();
+      switch (s.finish_reason()) {
+        case pb::FINISH_REASON_LENGTH: result.finish_reason = FinishReason::kLength; break;
+        case pb::FINISH_REASON_EOS: result.finish_reason = FinishReason::kEos; break;
+        case pb::FINISH_REASON_STOP: result.finish_reason = FinishReason::kStop; break;
+        default: result.finish_reason = FinishReason::kUnspecified; break;
+      }
+      result.stop_string = s.stop_string();
+      result.prompt_tokens = s.prompt_tokens();
+      result.completion_tokens = s.completion_tokens();
+      result.seed = s.seed();
+      result.queue_time_ms = s.queue_time_ms();
+      result.time_to_first_token_ms = s.time_to_first_token_ms();
+    }
+  }
+  absl::Status s = impl_->Complete(ctx, reader->Finish(), call);
+  if (cancelled) return absl::CancelledError("generation cancelled by the token callback");
+  if (!s.ok()) return s;
+  return result;
+}
+
+absl::StatusOr<ScoreResult> Client::Score(const ScoreRequest& request, const CallOptions& call) {
+  pb::ScoreRequest req;
+  req.set_adapter(request.adapter);
+  req.mutable_token_ids()->Assign(request.token_ids.begin(), request.token_ids.end());
+  req.set_full_logits(request.full_logits);
+  req.set_top_logprobs(request.top_logprobs);
+  pb::ScoreResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Score(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  ScoreResult out;
+  out.num_tokens = resp.num_tokens();
+  out.vocab_size = resp.vocab_size();
+  out.logits.assign(resp.logits().begin(), resp.logits().end());
+  out.token_logprobs.assign(resp.token_logprobs().begin(), resp.token_logprobs().end());
+  for (const auto& p : resp.top_logprobs()) {
+    std::vector<TokenLogprob> row;
+    for (const auto& t : p.top()) row.push_back({t.id(), t.logprob()});
+    out.top_logprobs.push_back(std::move(row));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text,
+                                                      bool add_special_tokens, bool parse_special,
+                                                      const CallOptions& call) {
+  pb::TokenizeRequest req;
+  req.set_text(text);
+  req.set_add_special_tokens(add_special_tokens);
+  req.set_parse_special(parse_special);
+  pb::TokenizeResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Tokenize(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
+}
+
+absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& token_ids,
+                                               bool skip_special_tokens, const CallOptions& call) {
+  pb::DetokenizeRequest req;
+  req.mutable_token_ids()->Assign(token_ids.begin(), token_ids.end());
+  req.set_skip_special_tokens(skip_special_tokens);
+  pb::DetokenizeResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Detokenize(c, q, r); },
+      req, &resp, call);
+  if (!s.ok()) return s;
+  return resp.text();
 }
 
 }  // namespace loraserve

@@ -1,12 +1,23 @@
 // loraserve::Client: the C++ client library for a loraserve server. Hides channels and stubs;
-// every call returns absl::Status / absl::StatusOr with plain structs.
+// every call returns absl::Status / absl::StatusOr with plain structs (no protobuf types).
+//
+// Errors carry the server's gRPC status code and message. When the server sent them, the request
+// id and a retry delay are attached to an error status as payloads: read them with
+// RequestIdOf(status) and RetryAfterOf(status), or pass a CallInfo in CallOptions to get them for
+// successful calls too.
+//
 // Thread-safe: one Client may be shared by many threads.
 #ifndef LORASERVE_CLIENT_CLIENT_H_
 #define LORASERVE_CLIENT_CLIENT_H_
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -15,12 +26,167 @@ namespace loraserve {
 struct ClientOptions {
   // host:port of the server.
   std::string address = "127.0.0.1:50051";
-  // Deadline applied to each unary call that does not specify its own.
+  // Deadline of each call that does not set CallOptions::timeout (streams included: a long
+  // generation needs a longer one).
   absl::Duration default_deadline = absl::Seconds(30);
+  // Largest reply accepted, in bytes (full-logit Score replies can be large).
+  int64_t max_receive_message_bytes = 256ll << 20;
+  // Chunk size for UploadAdapter, in bytes.
+  int64_t upload_chunk_bytes = 1 << 20;
 };
+
+// What the server told about one call (trailing metadata).
+struct CallInfo {
+  std::string request_id;
+  // Set when the server asked the caller to wait before retrying (full queue).
+  std::optional<absl::Duration> retry_after;
+};
+
+struct CallOptions {
+  // 0 = ClientOptions::default_deadline.
+  absl::Duration timeout = absl::ZeroDuration();
+  // Sent as `x-request-id` (1 to 128 characters of [A-Za-z0-9._:-]); empty = the server makes one.
+  std::string request_id;
+  // If set, filled when the call ends (success or error).
+  CallInfo* info = nullptr;
+};
+
+// The request id / retry delay the server attached to a failed call ("" / nullopt if none).
+std::string RequestIdOf(const absl::Status& status);
+std::optional<absl::Duration> RetryAfterOf(const absl::Status& status);
 
 enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
 const char* ServingStatusName(ServingStatus status);
+
+// ---- Adapters ---------------------------------------------------------------------------------
+
+enum class AdapterState { kUnspecified, kLoading, kReady, kMerged };
+enum class Residency { kUnspecified, kResident, kEvicted };
+enum class AdapterSource { kUnspecified, kAdapterRoot, kUpload, kCombined };
+enum class BaseModelMatch { kUnspecified, kMatch, kMismatch, kUnknown };
+// "loading", "ready", "merged", ...; "resident", "evicted"; "adapter_root", "upload", "combined";
+// "match", "mismatch", "unknown". "unspecified" otherwise.
+const char* AdapterStateName(AdapterState state);
+const char* ResidencyName(Residency residency);
+const char* AdapterSourceName(AdapterSource source);
+const char* BaseModelMatchName(BaseModelMatch match);
+
+struct AdapterInfo {
+  std::string name;
+  AdapterState state = AdapterState::kUnspecified;
+  Residency residency = Residency::kUnspecified;
+  AdapterSource source = AdapterSource::kUnspecified;
+  std::string path;  // kAdapterRoot: relative to the server's adapter root
+  int64_t bytes = 0;
+  int64_t max_rank = 0;
+  std::vector<int64_t> ranks;  // per target module
+  std::vector<std::string> target_modules;
+  bool dora = false;
+  bool has_head = false;
+  std::string base_model_name_or_path;
+  BaseModelMatch base_model_match = BaseModelMatch::kUnspecified;
+  std::vector<std::string> warnings;
+  int64_t uses = 0;
+};
+
+struct MergeResult {
+  bool already_merged = false;
+  AdapterInfo adapter;
+};
+
+struct WeightedAdapter {
+  std::string name;
+  double weight = 1.0;
+};
+
+// PEFT add_weighted_adapter.
+struct CombineRequest {
+  std::string name;                      // the new adapter
+  std::vector<WeightedAdapter> sources;  // 1 to 16
+  // "linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
+  // "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd".
+  std::string combination_type = "svd";
+  int64_t svd_rank = 0;    // 0 = the largest source rank
+  double svd_clamp = 0;    // 0 = none, else a quantile in (0, 1)
+  double density = 1.0;    // (0, 1]
+  std::string majority_sign_method = "total";  // or "frequency"
+  uint64_t seed = 0;
+};
+
+// A file written by SaveAdapter / ExportMergedModel (its SHA-256 verified).
+struct TransferredFile {
+  std::string path;  // relative to the output directory
+  int64_t size = 0;
+  std::string sha256;
+};
+
+// ---- Inference --------------------------------------------------------------------------------
+
+struct SamplingParams {
+  std::optional<double> temperature;  // unset = 1; 0 = greedy
+  int32_t top_k = 0;                  // 0 = off
+  std::optional<double> top_p;        // unset = 1 (off)
+  std::optional<uint64_t> seed;       // unset = drawn by the server (reported back)
+  int32_t max_new_tokens = 0;         // 0 = 128
+  std::vector<std::string> stop;
+  bool ignore_eos = false;
+  bool logprobs = false;
+  int32_t top_logprobs = 0;
+};
+
+struct GenerateRequest {
+  std::string adapter;              // "" = base model
+  std::string text;                 // exactly one of text / token_ids
+  std::vector<int32_t> token_ids;
+  SamplingParams sampling;
+};
+
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0;
+};
+
+struct GeneratedToken {
+  int32_t id = 0;
+  int32_t index = 0;
+  std::string text;
+  float logprob = 0;
+  std::vector<TokenLogprob> top_logprobs;
+};
+
+enum class FinishReason { kUnspecified, kLength, kEos, kStop };
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerateResult {
+  std::vector<GeneratedToken> tokens;
+  std::string text;  // the tokens' texts concatenated
+  FinishReason finish_reason = FinishReason::kUnspecified;
+  std::string stop_string;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  uint64_t seed = 0;
+  double queue_time_ms = 0;
+  double time_to_first_token_ms = 0;
+};
+
+// Called for each token as it arrives; return false to cancel the generation (Generate then
+// returns Cancelled).
+using TokenCallback = std::function<bool(const GeneratedToken& token)>;
+
+struct ScoreRequest {
+  std::string adapter;  // "" = base model
+  std::vector<int32_t> token_ids;
+  bool full_logits = false;
+  int32_t top_logprobs = 0;
+};
+
+struct ScoreResult {
+  int64_t num_tokens = 0;
+  int64_t vocab_size = 0;
+  std::vector<float> logits;          // full_logits: [num_tokens * vocab_size], row-major
+  std::vector<float> token_logprobs;  // [num_tokens - 1]
+  std::vector<std::vector<TokenLogprob>> top_logprobs;  // [num_tokens] when requested
+};
 
 class Client {
  public:
@@ -29,7 +195,47 @@ class Client {
   ~Client();
 
   // grpc.health.v1 Check for `service` ("" = the whole server). UNAVAILABLE if unreachable.
-  absl::StatusOr<ServingStatus> Health(const std::string& service = "");
+  absl::StatusOr<ServingStatus> Health(const std::string& service = "",
+                                       const CallOptions& call = {});
+
+  // --- AdapterService (error codes: see proto/loraserve/v1/adapter_service.proto) ---
+  // `path` is relative to the server's adapter root.
+  absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& path,
+                                          const CallOptions& call = {});
+  // Sends every regular file below the local directory `dir` (with SHA-256s) and loads them.
+  // InvalidArgument locally if `dir` has no files, too many, or untransferable names.
+  absl::StatusOr<AdapterInfo> UploadAdapter(const std::string& name, const std::string& dir,
+                                            const CallOptions& call = {});
+  absl::StatusOr<AdapterInfo> GetAdapter(const std::string& name, const CallOptions& call = {});
+  absl::StatusOr<std::vector<AdapterInfo>> ListAdapters(const CallOptions& call = {});
+  absl::Status DeleteAdapter(const std::string& name, const CallOptions& call = {});
+  absl::StatusOr<MergeResult> MergeAdapter(const std::string& name, const CallOptions& call = {});
+  absl::StatusOr<AdapterInfo> UnmergeAdapter(const std::string& name, const CallOptions& call = {});
+  // Returns the number of adapters deleted.
+  absl::StatusOr<int> UnloadAll(const CallOptions& call = {});
+  absl::StatusOr<AdapterInfo> CombineAdapters(const CombineRequest& request,
+                                              const CallOptions& call = {});
+  // Write the streamed files into the local directory `out_dir` (created if missing; existing
+  // files of the same names are replaced). DataLoss if a file's SHA-256 does not match.
+  absl::StatusOr<std::vector<TransferredFile>> SaveAdapter(const std::string& name,
+                                                           const std::string& out_dir,
+                                                           const CallOptions& call = {});
+  absl::StatusOr<std::vector<TransferredFile>> ExportMergedModel(
+      const std::vector<std::string>& adapters, const std::string& out_dir,
+      const CallOptions& call = {});
+
+  // --- InferenceService ---
+  // Streams tokens to `on_token` (optional) as they are generated; returns the whole result.
+  absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request,
+                                          const TokenCallback& on_token = nullptr,
+                                          const CallOptions& call = {});
+  absl::StatusOr<ScoreResult> Score(const ScoreRequest& request, const CallOptions& call = {});
+  absl::StatusOr<std::vector<int32_t>> Tokenize(const std::string& text, bool add_special_tokens,
+                                                bool parse_special = false,
+                                                const CallOptions& call = {});
+  absl::StatusOr<std::string> Detokenize(const std::vector<int32_t>& token_ids,
+                                         bool skip_special_tokens = false,
+                                         const CallOptions& call = {});
 
  private:
   struct Impl;

@@ -1,28 +1,89 @@
 #!/usr/bin/env bash
-# make demo: start loraserve on the built-in default, drive it with loractl, stop it cleanly.
+# make demo: start loraserve on the built-in default model, drive it with loractl, stop it cleanly.
+# Usage: deploy/demo.sh [BUILD_DIR]
 set -euo pipefail
 BUILD_DIR=${1:-build}
 BIN="$BUILD_DIR/server/loraserve"
 CTL="$BUILD_DIR/client/loractl"
+MKMODEL="$BUILD_DIR/tools/loraserve-mkmodel"
+MODEL="$BUILD_DIR/default-model"
 WORK=$(mktemp -d /tmp/loraserve-demo.XXXXXX)
-trap 'kill "$SERVER_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+SERVER_PID=""
+trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
 
-step "starting loraserve (gRPC on a free port)"
-"$BIN" --listen=127.0.0.1:0 --port_file="$WORK/port" 2>"$WORK/server.log" &
+ADAPTER_ROOT="$BUILD_DIR/default-adapters"  # PEFT adapters for the demo model, one dir each
+if [ ! -f "$MODEL/config.json" ] || [ ! -d "$ADAPTER_ROOT" ]; then
+  step "writing the built-in demo model and its demo adapters"
+  rm -rf "$ADAPTER_ROOT"
+  run "$MKMODEL" --out "$MODEL" --force --adapters "$ADAPTER_ROOT"
+fi
+
+step "starting loraserve on $MODEL (gRPC and /metrics on free ports)"
+SERVER_ARGS=(--model="$MODEL" --adapter_root="$ADAPTER_ROOT" --listen=127.0.0.1:0
+             --metrics_listen=127.0.0.1:0 --port_file="$WORK/port"
+             --metrics_port_file="$WORK/metrics_port" --shutdown_grace=5s)
+printf '$ %s %s\n' "$BIN" "${SERVER_ARGS[*]}"
+"$BIN" "${SERVER_ARGS[@]}" 2>"$WORK/server.log" &
 SERVER_PID=$!
-for _ in $(seq 1 100); do [ -s "$WORK/port" ] && break; sleep 0.1; done
-[ -s "$WORK/port" ] || { echo "server did not start"; cat "$WORK/server.log"; exit 1; }
+for _ in $(seq 1 300); do
+  [ -s "$WORK/port" ] && [ -s "$WORK/metrics_port" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [ ! -s "$WORK/port" ]; then
+  echo "server did not start"; cat "$WORK/server.log"; exit 1
+fi
 ADDR="127.0.0.1:$(cat "$WORK/port")"
-echo "listening on $ADDR"
+METRICS="127.0.0.1:$(cat "$WORK/metrics_port")"
+echo "gRPC on $ADDR, /metrics on http://$METRICS/metrics"
+ctl() { run "$CTL" --addr "$ADDR" "$@"; }
 
-step "loractl --addr $ADDR health"
-"$CTL" --addr "$ADDR" health
+step "health (grpc.health.v1)"
+ctl health
 
-step "stopping the server with SIGTERM"
+step "tokenize and generate with the base model (random weights: the text is noise)"
+ctl tokenize "Once upon a time"
+ctl generate --max_new_tokens 24 --seed 7 "Once upon a time"
+
+ADAPTERS=()
+for d in "$ADAPTER_ROOT"/*/; do [ -f "$d/adapter_config.json" ] && ADAPTERS+=("$(basename "$d")"); done
+[ ${#ADAPTERS[@]} -gt 0 ] || { echo "no demo adapters under $ADAPTER_ROOT"; exit 1; }
+
+step "adapters: load from --adapter_root, list, generate with each"
+for a in "${ADAPTERS[@]}"; do ctl adapters load "$a" "$a"; done
+ctl adapters list
+for a in "${ADAPTERS[@]}"; do
+  ctl generate --adapter "$a" --max_new_tokens 16 --temperature 0 "Once upon a time"
+done
+
+A=${ADAPTERS[0]}
+[ -d "$ADAPTER_ROOT/demo-qv" ] && A=demo-qv
+step "merge $A into the base weights (its answers stay the same), then unmerge"
+ctl adapters merge "$A"
+ctl generate --adapter "$A" --max_new_tokens 16 --temperature 0 "Once upon a time"
+ctl adapters unmerge "$A"
+
+step "upload a copy from the client side (chunks with SHA-256), delete it, unload everything"
+ctl adapters upload "${A}-copy" "$ADAPTER_ROOT/$A"
+ctl adapters delete "${A}-copy"
+ctl adapters unload-all
+
+step "errors carry gRPC codes (loractl exits with the code): an unknown adapter"
+ctl adapters get no-such-adapter || echo "exit code $?"
+
+step "metrics (http://$METRICS/metrics)"
+ctl metrics --metrics_addr "$METRICS" loraserve_requests_total
+ctl metrics --metrics_addr "$METRICS" loraserve_generated_tokens_total
+
+step "stopping the server with SIGTERM (drains, exits 0)"
 kill -TERM "$SERVER_PID"
-wait "$SERVER_PID"
-echo "server exited with status $?"
-echo "--- server log ---"
+status=0
+wait "$SERVER_PID" || status=$?
+SERVER_PID=""
+echo "server exited with status $status"
+echo "--- server log (access lines: one per RPC) ---"
 cat "$WORK/server.log"
+exit "$status"

@@ -1,26 +1,137 @@
 // loraserve: multi-tenant LoRA serving over gRPC. Flags are defined here and only here.
+//
+// Start-up: bind gRPC (health NOT_SERVING) and /metrics, load the model and run the warm-up, then
+// turn SERVING and write --port_file. SIGTERM / SIGINT: health NOT_SERVING, in-flight requests get
+// --shutdown_grace to finish, exit 0. Exit 1 when start-up fails.
 #include <signal.h>
 
-#include <atomic>
 #include <cstdio>
-#include <thread>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/engine.h"
 #include "server/server.h"
 
+#ifndef LORASERVE_DEFAULT_MODEL_DIR
+#define LORASERVE_DEFAULT_MODEL_DIR ""
+#endif
+
+ABSL_FLAG(std::string, model, LORASERVE_DEFAULT_MODEL_DIR,
+          "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json); the "
+          "default is the built-in demo model that the build writes with loraserve-mkmodel");
+ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32 | bfloat16");
+ABSL_FLAG(std::string, device, "cpu", "cpu | cuda[:N] (needs a CUDA build of LibTorch)");
+ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads; 0 = hardware concurrency");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port for gRPC (port 0 = any free port)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "host:port for the Prometheus /metrics HTTP endpoint (port 0 = any free port; empty = "
+          "no endpoint)");
+ABSL_FLAG(std::string, adapter_root, "",
+          "directory that LoadAdapter paths are relative to (paths escaping it are refused); "
+          "empty = LoadAdapter is refused, UploadAdapter still works");
+ABSL_FLAG(std::string, upload_dir, "",
+          "where uploaded adapters and files being saved/exported are written; empty = a private "
+          "temporary directory removed at exit");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{1} << 30, "largest UploadAdapter, in bytes");
+ABSL_FLAG(int, max_batch_size, 32, "sequences per engine step");
+ABSL_FLAG(int, max_batch_tokens, 2048,
+          "new tokens per engine step; longer prompts are prefilled in chunks");
+ABSL_FLAG(absl::Duration, max_wait, absl::Milliseconds(2),
+          "how long a small batch waits for more requests before it runs");
+ABSL_FLAG(int, max_queue, 1024,
+          "waiting requests in all; beyond it requests get RESOURCE_EXHAUSTED with retry-after-ms");
+ABSL_FLAG(int, max_queue_per_adapter, 256, "waiting requests of one adapter; beyond it as above");
+ABSL_FLAG(int64_t, kv_budget_bytes, int64_t{1} << 30,
+          "KV-cache memory in bytes; admission waits (or preempts) when it is full");
+ABSL_FLAG(int64_t, adapter_budget_bytes, 0,
+          "resident adapter weights in bytes before least-recently-used adapters are evicted "
+          "(reloaded on next use); 0 = unbounded");
+ABSL_FLAG(int64_t, max_rank, 256, "largest LoRA rank an adapter may have");
+ABSL_FLAG(std::string, batch_policy, "mixed",
+          "mixed: rows of different adapters share a step; single: one adapter per step, "
+          "round-robin");
+ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
+          "largest gRPC message in bytes; Score replies beyond it are refused");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGTERM/SIGINT, how long in-flight requests may run before the server stops");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound gRPC port is written to this file once the server is ready");
+ABSL_FLAG(std::string, metrics_port_file, "",
+          "if set, the bound /metrics port is written to this file once the server is ready");
+
+namespace {
+
+void Log(const std::string& line) { std::fprintf(stderr, "loraserve: %s\n", line.c_str()); }
+
+bool WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return true;
+  // Written to a temporary name and renamed so a reader never sees a partial file.
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return false;
+  std::fprintf(f, "%d\n", port);
+  return std::fclose(f) == 0 && std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("loraserve --listen=HOST:PORT [flags]");
+  absl::SetProgramUsageMessage(
+      "loraserve [--model=DIR] [--listen=HOST:PORT] [--adapter_root=DIR] [flags]\n"
+      "Serves a Llama-family model and Hugging Face PEFT LoRA adapters over gRPC "
+      "(loraserve.v1.AdapterService, loraserve.v1.InferenceService, grpc.health.v1).");
+  // --help lists the flags defined in this file (absl's default looks for a file named after the
+  // program).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "server/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
+
+  loraserve::core::EngineOptions engine_options;
+  engine_options.model_dir = absl::GetFlag(FLAGS_model);
+  if (engine_options.model_dir.empty()) {
+    Log("no --model given and this build has no built-in default model");
+    return 1;
+  }
+  if (std::error_code ec; !std::filesystem::is_directory(engine_options.model_dir, ec)) {
+    Log(absl::StrCat("model directory \"", engine_options.model_dir,
+                     "\" does not exist (pass --model=DIR, or write the demo model with "
+                     "loraserve-mkmodel --out DIR)"));
+    return 1;
+  }
+  engine_options.dtype = absl::GetFlag(FLAGS_dtype);
+  engine_options.device = absl::GetFlag(FLAGS_device);
+  engine_options.num_threads = absl::GetFlag(FLAGS_threads);
+  engine_options.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  engine_options.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  engine_options.max_wait = absl::GetFlag(FLAGS_max_wait);
+  engine_options.max_queue = absl::GetFlag(FLAGS_max_queue);
+  engine_options.max_queue_per_adapter = absl::GetFlag(FLAGS_max_queue_per_adapter);
+  engine_options.kv_budget_bytes = absl::GetFlag(FLAGS_kv_budget_bytes);
+  engine_options.adapters.budget_bytes = absl::GetFlag(FLAGS_adapter_budget_bytes);
+  engine_options.adapters.load.max_rank = absl::GetFlag(FLAGS_max_rank);
+  const std::string policy = absl::GetFlag(FLAGS_batch_policy);
+  if (policy == "mixed") {
+    engine_options.policy = loraserve::core::BatchPolicy::kMixed;
+  } else if (policy == "single") {
+    engine_options.policy = loraserve::core::BatchPolicy::kSingleAdapter;
+  } else {
+    Log(absl::StrCat("--batch_policy must be mixed or single, got \"", policy, "\""));
+    return 1;
+  }
 
   // Block the shutdown signals in every thread; one thread waits for them synchronously.
   sigset_t signals;
@@ -31,27 +142,44 @@ int main(int argc, char** argv) {
 
   loraserve::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.adapter_root = absl::GetFlag(FLAGS_adapter_root);
+  options.upload_dir = absl::GetFlag(FLAGS_upload_dir);
+  options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   auto server = loraserve::server::Server::Start(options);
   if (!server.ok()) {
-    std::fprintf(stderr, "loraserve: %s\n", server.status().ToString().c_str());
+    Log(server.status().ToString());
     return 1;
   }
-  (*server)->SetServing(true);
-  std::fprintf(stderr, "loraserve: serving on port %d\n", (*server)->port());
-  const std::string port_file = absl::GetFlag(FLAGS_port_file);
-  if (!port_file.empty()) {
-    if (FILE* f = std::fopen(port_file.c_str(), "w")) {
-      std::fprintf(f, "%d\n", (*server)->port());
-      std::fclose(f);
-    }
+  Log(absl::StrCat("gRPC on port ", (*server)->port(), ", /metrics on port ",
+                   (*server)->metrics_port(), "; loading ", engine_options.model_dir));
+
+  const absl::Time load_start = absl::Now();
+  auto engine = loraserve::core::Engine::Create(engine_options);
+  if (!engine.ok()) {
+    Log(absl::StrCat("cannot start the engine for --model=", engine_options.model_dir, ": ",
+                     engine.status().ToString()));
+    return 1;
+  }
+  std::shared_ptr<loraserve::core::Engine> shared_engine = *std::move(engine);
+  (*server)->AttachEngine(shared_engine);
+  Log(absl::StrCat("serving ", shared_engine->model_name(), " (loaded and warmed up in ",
+                   absl::FormatDuration(absl::Trunc(absl::Now() - load_start, absl::Milliseconds(1))),
+                   ")"));
+  if (!WritePortFile(absl::GetFlag(FLAGS_port_file), (*server)->port()) ||
+      !WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), (*server)->metrics_port())) {
+    Log("cannot write --port_file / --metrics_port_file");
+    return 1;
   }
 
   int sig = 0;
   sigwait(&signals, &sig);
-  std::fprintf(stderr, "loraserve: signal %d, draining (grace %s)\n", sig,
-               absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)).c_str());
+  Log(absl::StrCat("signal ", sig, ", draining (grace ",
+                   absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)), ")"));
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
   (*server)->Wait();
-  std::fprintf(stderr, "loraserve: stopped\n");
+  server->reset();
+  Log("stopped");
   return 0;
 }

@@ -1,26 +1,99 @@
 #include "server/server.h"
 
-#include <grpcpp/grpcpp.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <filesystem>
+#include <system_error>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "core/engine.h"
+#include "server/adapter_service.h"
+#include "server/file_transfer.h"
+#include "server/inference_service.h"
+#include "server/metrics.h"
+#include "server/service_env.h"
+#include "server/work_pool.h"
 
 namespace loraserve::server {
 
+namespace fs = std::filesystem;
+
+Server::Server() = default;
+
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
+  std::unique_ptr<Server> s(new Server());
+  s->env_ = std::make_unique<ServiceEnv>();
+  ServiceEnv& env = *s->env_;
+  env.logger = Logger(options.log_sink);
+
+  std::error_code ec;
+  if (!options.adapter_root.empty()) {
+    const fs::path root = fs::canonical(options.adapter_root, ec);
+    if (ec || !fs::is_directory(root)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter root ", options.adapter_root, " is not a directory"));
+    }
+    env.config.adapter_root = root.string();
+    env.path_aliases.push_back({env.config.adapter_root, "<adapter_root>"});
+  }
+  if (options.upload_dir.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    auto dir = MakeUniqueDir(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "loraserve-");
+    if (!dir.ok()) return dir.status();
+    s->private_upload_dir_ = *dir;
+    env.config.upload_dir = *dir;
+  } else {
+    fs::create_directories(options.upload_dir, ec);
+    const fs::path dir = fs::canonical(options.upload_dir, ec);
+    if (ec || !fs::is_directory(dir)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("upload directory ", options.upload_dir, " cannot be created"));
+    }
+    env.config.upload_dir = dir.string();
+  }
+  env.path_aliases.push_back({env.config.upload_dir, "<upload_dir>"});
+  env.config.scratch_dir = env.config.upload_dir;
+  env.config.max_upload_bytes = options.max_upload_bytes;
+  env.config.max_message_bytes = options.max_message_bytes;
+  // Leave room for the chunk's other fields and the message framing.
+  env.config.file_chunk_bytes =
+      std::max<int64_t>(1024, std::min<int64_t>(1 << 20, options.max_message_bytes - 4096));
+
+  MetricsOptions mopts;
+  mopts.max_adapter_labels = options.max_adapter_labels;
+  s->metrics_ = std::make_unique<Metrics>(mopts);
+  env.metrics = s->metrics_.get();
+  if (!options.metrics_listen.empty()) {
+    absl::Status m = s->metrics_->StartHttp(options.metrics_listen);
+    if (!m.ok()) return m;
+  }
+  s->pool_ = std::make_unique<WorkPool>(std::max(1, options.io_threads));
+  env.pool = s->pool_.get();
+  s->adapter_service_ = std::make_unique<AdapterService>(&env);
+  s->inference_service_ = std::make_unique<InferenceService>(&env);
+
   grpc::EnableDefaultHealthCheckService(true);
   // Server reflection (grpc.reflection.v1alpha) so grpcurl-style tools can discover the API.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::unique_ptr<Server> s(new Server());
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  const int max_message = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
+  builder.RegisterService(s->adapter_service_.get());
+  builder.RegisterService(s->inference_service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot listen on ", options.listen_address));
+    s->server_.reset();
+    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", options.listen_address));
   }
   s->SetServing(false);
+  env.logger.Log(absl::StrFormat("event=listening port=%d metrics_port=%d", s->port_,
+                                 s->metrics_->http_port()));
   return s;
 }
 
@@ -29,6 +102,33 @@ Server::~Server() {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
   }
+  if (std::shared_ptr<core::Engine> engine = env_ != nullptr ? env_->engine.engine() : nullptr) {
+    engine->SetStepObserver(nullptr);
+    engine->Shutdown(absl::Now());
+  }
+  pool_.reset();  // runs the clean-up tasks still queued
+  if (env_ != nullptr) {
+    for (const AdapterProvenance& p : env_->book.ForgetAll()) {
+      if (p.origin == AdapterOrigin::kUpload) RemoveTree(p.upload_dir);
+    }
+  }
+  RemoveTree(private_upload_dir_);
+}
+
+int Server::metrics_port() const { return metrics_->http_port(); }
+
+void Server::AttachEngine(std::shared_ptr<core::Engine> engine) {
+  Metrics* metrics = metrics_.get();
+  engine->SetStepObserver([metrics](int batch_size, int distinct_adapters, int new_tokens,
+                                    absl::Duration step_time) {
+    metrics->RecordStep(batch_size, distinct_adapters, new_tokens, step_time);
+  });
+  ServiceEnv* env = env_.get();
+  metrics_->AttachEngine(engine, [env] { return env->book.loading_count(); });
+  env_->engine.Attach(engine);
+  env_->logger.Log(absl::StrCat("event=engine_ready model=", LogValue(engine->model_name()),
+                                " vocab=", engine->vocab_size(), " context=", engine->max_context()));
+  if (!env_->engine.draining()) SetServing(true);
 }
 
 void Server::SetServing(bool serving) {
@@ -36,8 +136,15 @@ void Server::SetServing(bool serving) {
 }
 
 void Server::Shutdown(absl::Duration grace) {
+  const absl::Time deadline = absl::Now() + grace;
+  env_->engine.SetDraining();
   SetServing(false);
-  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  env_->logger.Log(absl::StrCat("event=draining grace=", absl::FormatDuration(grace)));
+  // In-flight requests run until the deadline (the engine cancels what is left then); their
+  // reactors finish from the engine's callbacks, so the gRPC shutdown below returns promptly.
+  if (std::shared_ptr<core::Engine> engine = env_->engine.engine()) engine->Shutdown(deadline);
+  server_->Shutdown(absl::ToChronoTime(deadline));
+  env_->logger.Log("event=stopped");
 }
 
 void Server::Wait() { server_->Wait(); }

@@ -1,43 +1,95 @@
-// The loraserve gRPC server: owns the grpc::Server, its services and the health state.
-// Thread-safe: SetServing and Shutdown may be called from any thread (e.g. a signal watcher).
+// The loraserve gRPC server: owns the grpc::Server, the AdapterService and InferenceService, the
+// standard health service, reflection, and the /metrics endpoint.
+//
+// Start() binds and serves at once with health NOT_SERVING; every AdapterService /
+// InferenceService call answers UNAVAILABLE until AttachEngine() hands over an engine that has
+// loaded the model and run its warm-up, which turns health SERVING. Shutdown() drains: health goes
+// NOT_SERVING, new calls get UNAVAILABLE, requests in flight may finish until the grace period
+// ends, then the rest are cancelled.
+//
+// Thread-safe: AttachEngine, SetServing and Shutdown may be called from any thread (e.g. a signal
+// watcher).
 #ifndef LORASERVE_SERVER_SERVER_H_
 #define LORASERVE_SERVER_SERVER_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/logging.h"
 
 namespace grpc {
 class Server;
 }  // namespace grpc
 
+namespace loraserve::core {
+class Engine;
+}  // namespace loraserve::core
+
 namespace loraserve::server {
+
+struct ServiceEnv;
+class Metrics;
+class WorkPool;
+class AdapterService;
+class InferenceService;
 
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (see Server::port()).
   std::string listen_address = "127.0.0.1:50051";
+  // host:port of the Prometheus /metrics HTTP endpoint; "" = none. Port 0 picks a free port.
+  std::string metrics_listen;
+  // Directory LoadAdapter paths are relative to; "" refuses LoadAdapter (UploadAdapter still works).
+  std::string adapter_root;
+  // Where uploads and files being saved/exported are written; "" = a private temporary directory
+  // removed when the server is destroyed. Created if missing.
+  std::string upload_dir;
+  // Largest UploadAdapter in bytes (all files together).
+  int64_t max_upload_bytes = 1ll << 30;
+  // Largest gRPC message in either direction, in bytes; Score replies that would exceed it are
+  // refused with InvalidArgument.
+  int64_t max_message_bytes = 64ll << 20;
+  // Distinct adapter label values in metrics before they overflow to "other".
+  int max_adapter_labels = 32;
+  // Threads for blocking file work (adapter loads, uploads, file streaming).
+  int io_threads = 2;
+  // Where access and event log lines go; null = stderr.
+  LogSink log_sink;
 };
 
 class Server {
  public:
-  // Binds and starts serving. Health starts NOT_SERVING; call SetServing(true) once ready.
-  // InvalidArgument if the address cannot be bound.
+  // Binds and starts serving (health NOT_SERVING). InvalidArgument if an address cannot be bound,
+  // the adapter root is not a directory, or the upload directory cannot be created.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
   ~Server();
 
   int port() const { return port_; }
+  // The /metrics HTTP port; 0 without one.
+  int metrics_port() const;
+
+  // Starts using `engine` (already loaded and warmed up): installs the metrics step observer and
+  // turns health SERVING unless draining. Call once.
+  void AttachEngine(std::shared_ptr<core::Engine> engine);
   // grpc.health.v1 status of the server as a whole ("" service).
   void SetServing(bool serving);
-  // Health goes NOT_SERVING, then in-flight calls get up to `grace` to finish.
+  // Health goes NOT_SERVING and new calls are refused (UNAVAILABLE); requests in flight get up to
+  // `grace` to finish, then are cancelled. Returns when everything has stopped. Idempotent.
   void Shutdown(absl::Duration grace);
   // Blocks until Shutdown has completed.
   void Wait();
 
  private:
-  Server() = default;
+  Server();
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<WorkPool> pool_;
+  std::unique_ptr<ServiceEnv> env_;
+  std::unique_ptr<AdapterService> adapter_service_;
+  std::unique_ptr<InferenceService> inference_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::string private_upload_dir_;  // removed in the destructor
   int port_ = 0;
 };
 

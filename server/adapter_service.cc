@@ -1,0 +1,555 @@
+#include "server/adapter_service.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "core/engine.h"
+#include "server/file_transfer.h"
+#include "server/proto_convert.h"
+#include "server/unary_call.h"
+
+namespace loraserve::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kMaxExportAdapters = 16;
+
+pb::Adapter Describe(const ServiceEnv& env, const core::Engine& engine, const core::AdapterInfo& info) {
+  return AdapterToProto(info, env.book.Find(info.name), env.config.adapter_root, engine.model_name());
+}
+
+// Removes the upload directories of adapters that no longer exist (on the pool: file I/O).
+void RemoveUploads(ServiceEnv* env, const std::vector<AdapterProvenance>& gone) {
+  std::vector<std::string> dirs;
+  for (const auto& p : gone) {
+    if (p.origin == AdapterOrigin::kUpload && !p.upload_dir.empty()) dirs.push_back(p.upload_dir);
+  }
+  if (dirs.empty()) return;
+  env->pool->Post([dirs = std::move(dirs)] {
+    for (const auto& d : dirs) RemoveTree(d);
+  });
+}
+
+// UploadAdapter: the first message names the adapter; chunks are written on the pool, one message
+// at a time (the next read starts once the previous chunk is on disk); at the end of the stream the
+// directory is verified and loaded.
+class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequest> {
+ public:
+  UploadReactor(ServiceEnv* env, grpc::CallbackServerContext* context,
+                pb::UploadAdapterResponse* response)
+      : env_(env), call_(env, context, "UploadAdapter"), response_(response) {
+    auto engine = env_->engine.ForNewCall();
+    if (!engine.ok()) {
+      Fail(engine.status());
+      return;
+    }
+    engine_ = *std::move(engine);
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // End of the client's stream (or the call was cancelled).
+      if (dir_.empty()) {
+        Fail(absl::InvalidArgumentError("the upload ended before its first message"));
+        return;
+      }
+      env_->pool->Post([this] { Complete(); });
+      return;
+    }
+    env_->pool->Post([this] {
+      absl::Status s = Consume();
+      if (!s.ok()) {
+        Fail(s);
+        return;
+      }
+      StartRead(&request_);
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // Pool thread (or the constructor before the first read).
+  absl::Status Consume() {
+    if (dir_.empty()) {
+      name_ = request_.name();
+      call_.set_adapter(name_);
+      absl::Status s = ValidateAdapterName(name_, "name");
+      if (!s.ok()) return s;
+      total_ = request_.total_bytes();
+      if (total_ <= 0) return absl::InvalidArgumentError("total_bytes must be > 0 in the first message");
+      if (total_ > env_->config.max_upload_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat("upload of ", total_,
+                                                         " bytes exceeds the server's limit of ",
+                                                         env_->config.max_upload_bytes, " bytes"));
+      }
+      if (engine_->GetAdapter(name_).ok()) {
+        return absl::AlreadyExistsError(absl::StrCat("adapter ", name_, " already exists"));
+      }
+      s = env_->book.BeginLoad(name_);
+      if (!s.ok()) return s;
+      reserved_ = true;
+      auto dir = MakeUniqueDir(env_->config.upload_dir, "upload-");
+      if (!dir.ok()) return dir.status();
+      dir_ = *dir;
+      writer_ = std::make_unique<UploadWriter>(dir_, total_);
+      if (!request_.has_chunk()) return absl::OkStatus();
+    } else if (!request_.has_chunk()) {
+      return absl::InvalidArgumentError("every message after the first must carry a chunk");
+    }
+    return writer_->Add(request_.chunk());
+  }
+
+  // Pool thread: the stream ended.
+  void Complete() {
+    absl::Status s = writer_->Finish(total_);
+    if (!s.ok()) return Fail(s);
+    const absl::Time start = absl::Now();
+    absl::StatusOr<core::AdapterInfo> info = engine_->LoadAdapter(name_, dir_);
+    env_->metrics->RecordAdapterLoad(absl::Now() - start);
+    if (!info.ok()) return Fail(info.status());
+    AdapterProvenance p;
+    p.origin = AdapterOrigin::kUpload;
+    p.upload_dir = dir_;
+    env_->book.EndLoad(name_, std::move(p));
+    reserved_ = false;
+    *response_->mutable_adapter() = Describe(*env_, *engine_, *info);
+    call_.LogEvent("adapter_loaded",
+                   absl::StrFormat("name=%s source=upload bytes=%d files_bytes=%d load_ms=%.1f",
+                                   name_, info->bytes, writer_->total_bytes(),
+                                   absl::ToDoubleMilliseconds(absl::Now() - start)));
+    Finish(call_.Complete(absl::OkStatus()));
+  }
+
+  void Fail(const absl::Status& status) {
+    if (reserved_) env_->book.EndLoad(name_, std::nullopt);
+    writer_.reset();
+    RemoveTree(dir_);
+    Finish(call_.Complete(status));
+  }
+
+  ServiceEnv* const env_;
+  RpcCall call_;
+  pb::UploadAdapterResponse* const response_;
+  std::shared_ptr<core::Engine> engine_;
+  pb::UploadAdapterRequest request_;
+  std::string name_;
+  int64_t total_ = 0;
+  bool reserved_ = false;
+  std::string dir_;
+  std::unique_ptr<UploadWriter> writer_;
+};
+
+// SaveAdapter / ExportMergedModel: the engine writes into a fresh scratch directory, then its
+// files are streamed back chunk by chunk (read on the pool, one write in flight).
+template <typename Response>
+class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
+ public:
+  using Producer = std::function<void(const std::string& dir, std::function<void(absl::Status)> done)>;
+
+  FileStreamReactor(ServiceEnv* env, grpc::CallbackServerContext* context, const char* rpc)
+      : env_(env), call_(env, context, rpc) {}
+
+  RpcCall& call() { return call_; }
+
+  // Runs `produce` into a new scratch directory; its `done` (any thread) starts the streaming.
+  void Start(const Producer& produce) {
+    auto dir = MakeUniqueDir(env_->config.scratch_dir, "out-");
+    if (!dir.ok()) return FinishWith(dir.status());
+    dir_ = *dir;
+    produce(dir_, [this](absl::Status s) {
+      if (!s.ok()) return FinishWith(s);
+      env_->pool->Post([this] {
+        auto reader = DirectoryReader::Open(dir_, env_->config.file_chunk_bytes);
+        if (!reader.ok()) return FinishWith(reader.status());
+        reader_ = *std::move(reader);
+        WriteNext();
+      });
+    });
+  }
+
+  void FinishWith(const absl::Status& status) { this->Finish(call_.Complete(status)); }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return FinishWith(absl::CancelledError("the caller stopped reading"));
+    env_->pool->Post([this] { WriteNext(); });
+  }
+
+  void OnDone() override {
+    if (!dir_.empty()) {
+      env_->pool->Post([dir = dir_] { RemoveTree(dir); });
+    }
+    delete this;
+  }
+
+ private:
+  // Pool thread.
+  void WriteNext() {
+    absl::StatusOr<bool> more = reader_->Next(response_.mutable_chunk());
+    if (!more.ok()) return FinishWith(more.status());
+    if (!*more) {
+      call_.LogEvent("files_sent", absl::StrCat("bytes=", bytes_));
+      return FinishWith(absl::OkStatus());
+    }
+    bytes_ += static_cast<int64_t>(response_.chunk().data().size());
+    this->StartWrite(&response_);
+  }
+
+  ServiceEnv* const env_;
+  RpcCall call_;
+  std::string dir_;
+  std::unique_ptr<DirectoryReader> reader_;
+  Response response_;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root, const std::string& relative) {
+  if (root.empty()) {
+    return absl::FailedPreconditionError(
+        "this server has no --adapter_root; use UploadAdapter to send adapter files");
+  }
+  if (relative.empty()) return absl::InvalidArgumentError("path is empty");
+  if (relative.front() == '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path \"", relative, "\" must be relative to the server's adapter root"));
+  }
+  const fs::path normal = fs::path(relative).lexically_normal();
+  if (!normal.empty() && *normal.begin() == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path \"", relative, "\" escapes the server's adapter root"));
+  }
+  std::error_code ec;
+  const fs::path resolved = fs::canonical(fs::path(root) / normal, ec);
+  if (ec) return absl::NotFoundError(absl::StrCat("adapter directory \"", relative, "\" not found"));
+  if (!RelativeTo(resolved.string(), root).has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path \"", relative, "\" escapes the server's adapter root"));
+  }
+  if (!fs::is_directory(resolved, ec)) {
+    return absl::NotFoundError(absl::StrCat("\"", relative, "\" is not a directory"));
+  }
+  return resolved.string();
+}
+
+grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContext* context,
+                                                      const pb::LoadAdapterRequest* request,
+                                                      pb::LoadAdapterResponse* response) {
+  auto* c = new UnaryCall(env_, context, "LoadAdapter");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  c->call.set_adapter(request->name());
+  auto engine_or = env_->engine.ForNewCall();
+  if (!engine_or.ok()) {
+    c->Finish(engine_or.status());
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  absl::Status valid = ValidateAdapterName(request->name(), "name");
+  absl::StatusOr<std::string> dir = valid.ok() ? ResolveUnderRoot(env_->config.adapter_root, request->path())
+                                              : absl::StatusOr<std::string>(valid);
+  if (!dir.ok()) {
+    c->Finish(dir.status());
+    return reactor;
+  }
+  const std::string name = request->name();
+  if (engine->GetAdapter(name).ok()) {
+    c->Finish(absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already exists")));
+    return reactor;
+  }
+  absl::Status reserved = env_->book.BeginLoad(name);
+  if (!reserved.ok()) {
+    c->Finish(reserved);
+    return reactor;
+  }
+  env_->pool->Post([c, engine, name, dir = *dir, response] {
+    ServiceEnv* env = c->env;
+    const absl::Time start = absl::Now();
+    absl::StatusOr<core::AdapterInfo> info = engine->LoadAdapter(name, dir);
+    const absl::Duration took = absl::Now() - start;
+    env->metrics->RecordAdapterLoad(took);
+    if (!info.ok()) {
+      env->book.EndLoad(name, std::nullopt);
+      c->Finish(info.status());
+      return;
+    }
+    AdapterProvenance p;
+    p.origin = AdapterOrigin::kAdapterRoot;
+    p.relative_path = RelativeTo(dir, env->config.adapter_root).value_or("");
+    const std::string rel = p.relative_path;
+    env->book.EndLoad(name, std::move(p));
+    *response->mutable_adapter() = Describe(*env, *engine, *info);
+    c->call.LogEvent("adapter_loaded",
+                     absl::StrFormat("name=%s source=adapter_root path=%s bytes=%d load_ms=%.1f", name,
+                                     LogValue(rel), info->bytes, absl::ToDoubleMilliseconds(took)));
+    c->Finish(absl::OkStatus());
+  });
+  return reactor;
+}
+
+grpc::ServerReadReactor<pb::UploadAdapterRequest>* AdapterService::UploadAdapter(
+    grpc::CallbackServerContext* context, pb::UploadAdapterResponse* response) {
+  return new UploadReactor(env_, context, response);
+}
+
+grpc::ServerUnaryReactor* AdapterService::GetAdapter(grpc::CallbackServerContext* context,
+                                                     const pb::GetAdapterRequest* request,
+                                                     pb::GetAdapterResponse* response) {
+  auto* c = new UnaryCall(env_, context, "GetAdapter");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  c->call.set_adapter(request->name());
+  auto engine = env_->engine.ForNewCall();
+  absl::Status s = engine.status();
+  if (s.ok()) s = ValidateAdapterName(request->name(), "name");
+  if (s.ok()) {
+    if (env_->book.IsLoading(request->name())) {
+      *response->mutable_adapter() = LoadingAdapterToProto(request->name());
+    } else {
+      absl::StatusOr<core::AdapterInfo> info = (*engine)->GetAdapter(request->name());
+      s = info.status();
+      if (s.ok()) *response->mutable_adapter() = Describe(*env_, **engine, *info);
+    }
+  }
+  c->Finish(s);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdapterService::ListAdapters(grpc::CallbackServerContext* context,
+                                                       const pb::ListAdaptersRequest* /*request*/,
+                                                       pb::ListAdaptersResponse* response) {
+  auto* c = new UnaryCall(env_, context, "ListAdapters");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  auto engine = env_->engine.ForNewCall();
+  if (engine.ok()) {
+    std::vector<pb::Adapter> all;
+    std::set<std::string> listed;
+    for (const core::AdapterInfo& info : (*engine)->ListAdapters()) {
+      all.push_back(Describe(*env_, **engine, info));
+      listed.insert(info.name);
+    }
+    // A load that just finished is in the engine already while the book still says loading.
+    for (const std::string& name : env_->book.Loading()) {
+      if (listed.count(name) == 0) all.push_back(LoadingAdapterToProto(name));
+    }
+    std::sort(all.begin(), all.end(),
+              [](const pb::Adapter& a, const pb::Adapter& b) { return a.name() < b.name(); });
+    for (auto& a : all) *response->add_adapters() = std::move(a);
+  }
+  c->Finish(engine.status());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerContext* context,
+                                                        const pb::DeleteAdapterRequest* request,
+                                                        pb::DeleteAdapterResponse* /*response*/) {
+  auto* c = new UnaryCall(env_, context, "DeleteAdapter");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  const std::string& name = request->name();
+  c->call.set_adapter(name);
+  auto engine = env_->engine.ForNewCall();
+  absl::Status s = engine.status();
+  if (s.ok()) s = ValidateAdapterName(name, "name");
+  if (s.ok() && env_->book.IsLoading(name)) {
+    s = absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is still loading"));
+  }
+  if (s.ok()) s = (*engine)->DeleteAdapter(name);
+  if (s.ok()) {
+    std::optional<AdapterProvenance> p = env_->book.Forget(name);
+    if (p.has_value()) RemoveUploads(env_, {*p});
+    c->call.LogEvent("adapter_deleted", absl::StrCat("name=", name));
+  }
+  c->Finish(s);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerContext* context,
+                                                       const pb::MergeAdapterRequest* request,
+                                                       pb::MergeAdapterResponse* response) {
+  auto* c = new UnaryCall(env_, context, "MergeAdapter");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  const std::string name = request->name();
+  c->call.set_adapter(name);
+  auto engine_or = env_->engine.ForNewCall();
+  absl::Status s = engine_or.status();
+  if (s.ok()) s = ValidateAdapterName(name, "name");
+  if (!s.ok()) {
+    c->Finish(s);
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  const absl::Time start = absl::Now();
+  engine->MergeAdapter(name, [c, engine, name, response, start](absl::StatusOr<bool> merged) {
+    // Engine thread: hand the follow-up (which calls back into the engine) to the pool.
+    c->env->pool->Post([c, engine, name, response, start, merged = std::move(merged)] {
+      const absl::Duration took = absl::Now() - start;
+      if (!merged.ok()) return c->Finish(merged.status());
+      c->env->metrics->RecordAdapterMerge("merge", took);
+      response->set_already_merged(!*merged);
+      absl::StatusOr<core::AdapterInfo> info = engine->GetAdapter(name);
+      if (info.ok()) *response->mutable_adapter() = Describe(*c->env, *engine, *info);
+      c->call.LogEvent("adapter_merged",
+                       absl::StrFormat("name=%s already_merged=%s ms=%.1f", name,
+                                       *merged ? "false" : "true", absl::ToDoubleMilliseconds(took)));
+      c->Finish(info.status());
+    });
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdapterService::UnmergeAdapter(grpc::CallbackServerContext* context,
+                                                         const pb::UnmergeAdapterRequest* request,
+                                                         pb::UnmergeAdapterResponse* response) {
+  auto* c = new UnaryCall(env_, context, "UnmergeAdapter");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  const std::string name = request->name();
+  c->call.set_adapter(name);
+  auto engine_or = env_->engine.ForNewCall();
+  absl::Status s = engine_or.status();
+  if (s.ok()) s = ValidateAdapterName(name, "name");
+  if (!s.ok()) {
+    c->Finish(s);
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  const absl::Time start = absl::Now();
+  engine->UnmergeAdapter(name, [c, engine, name, response, start](absl::Status done) {
+    c->env->pool->Post([c, engine, name, response, start, done] {
+      const absl::Duration took = absl::Now() - start;
+      if (!done.ok()) return c->Finish(done);
+      c->env->metrics->RecordAdapterMerge("unmerge", took);
+      absl::StatusOr<core::AdapterInfo> info = engine->GetAdapter(name);
+      if (info.ok()) *response->mutable_adapter() = Describe(*c->env, *engine, *info);
+      c->call.LogEvent("adapter_unmerged",
+                       absl::StrFormat("name=%s ms=%.1f", name, absl::ToDoubleMilliseconds(took)));
+      c->Finish(info.status());
+    });
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdapterService::UnloadAll(grpc::CallbackServerContext* context,
+                                                    const pb::UnloadAllRequest* /*request*/,
+                                                    pb::UnloadAllResponse* response) {
+  auto* c = new UnaryCall(env_, context, "UnloadAll");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  auto engine_or = env_->engine.ForNewCall();
+  if (!engine_or.ok()) {
+    c->Finish(engine_or.status());
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  const int before = static_cast<int>(engine->ListAdapters().size());
+  engine->UnloadAll([c, response, before](absl::Status done) {
+    if (done.ok()) {
+      RemoveUploads(c->env, c->env->book.ForgetAll());
+      response->set_deleted(before);
+      c->call.LogEvent("adapters_unloaded", absl::StrCat("count=", before));
+    }
+    c->Finish(done);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerContext* context,
+                                                          const pb::CombineAdaptersRequest* request,
+                                                          pb::CombineAdaptersResponse* response) {
+  auto* c = new UnaryCall(env_, context, "CombineAdapters");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  const std::string name = request->name();
+  c->call.set_adapter(name);
+  auto engine_or = env_->engine.ForNewCall();
+  absl::Status s = engine_or.status();
+  if (s.ok()) s = ValidateAdapterName(name, "name");
+  std::vector<std::string> sources;
+  for (const auto& src : request->sources()) {
+    if (s.ok()) s = ValidateAdapterName(src.name(), "sources.name");
+    sources.push_back(src.name());
+  }
+  absl::StatusOr<core::CombineOptions> options = CombineOptionsFromProto(*request);
+  if (s.ok()) s = options.status();
+  if (s.ok() && env_->book.IsLoading(name)) {
+    s = absl::AlreadyExistsError(absl::StrCat("adapter ", name, " is being loaded"));
+  }
+  if (!s.ok()) {
+    c->Finish(s);
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  const std::string model_name = engine->model_name();
+  const std::string type = core::CombinationTypeName(options->type);
+  engine->CombineAdapters(
+      name, sources, *options,
+      [c, response, model_name, type, sources](absl::StatusOr<core::AdapterInfo> info) {
+        if (info.ok()) {
+          AdapterProvenance p;
+          p.origin = AdapterOrigin::kCombined;
+          c->env->book.Record(info->name, p);
+          *response->mutable_adapter() =
+              AdapterToProto(*info, p, c->env->config.adapter_root, model_name);
+          c->call.LogEvent("adapter_combined",
+                           absl::StrFormat("name=%s type=%s sources=%s rank=%d", info->name, type,
+                                           absl::StrJoin(sources, ","), info->max_rank));
+        }
+        c->Finish(info.status());
+      });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<pb::SaveAdapterResponse>* AdapterService::SaveAdapter(
+    grpc::CallbackServerContext* context, const pb::SaveAdapterRequest* request) {
+  auto* r = new FileStreamReactor<pb::SaveAdapterResponse>(env_, context, "SaveAdapter");
+  const std::string name = request->name();
+  r->call().set_adapter(name);
+  auto engine_or = env_->engine.ForNewCall();
+  absl::Status s = engine_or.status();
+  if (s.ok()) s = ValidateAdapterName(name, "name");
+  if (!s.ok()) {
+    r->FinishWith(s);
+    return r;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  r->Start([engine, name](const std::string& dir, std::function<void(absl::Status)> done) {
+    engine->SaveAdapter(name, dir, std::move(done));
+  });
+  return r;
+}
+
+grpc::ServerWriteReactor<pb::ExportMergedModelResponse>* AdapterService::ExportMergedModel(
+    grpc::CallbackServerContext* context, const pb::ExportMergedModelRequest* request) {
+  auto* r = new FileStreamReactor<pb::ExportMergedModelResponse>(env_, context, "ExportMergedModel");
+  std::vector<std::string> names(request->adapters().begin(), request->adapters().end());
+  r->call().set_adapter(absl::StrJoin(names, ","));
+  auto engine_or = env_->engine.ForNewCall();
+  absl::Status s = engine_or.status();
+  if (s.ok() && static_cast<int>(names.size()) > kMaxExportAdapters) {
+    s = absl::InvalidArgumentError(absl::StrCat("at most ", kMaxExportAdapters, " adapters"));
+  }
+  for (const auto& n : names) {
+    if (s.ok()) s = ValidateAdapterName(n, "adapters");
+  }
+  if (!s.ok()) {
+    r->FinishWith(s);
+    return r;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  r->Start([engine, names](const std::string& dir, std::function<void(absl::Status)> done) {
+    engine->ExportMergedModel(names, dir, std::move(done));
+  });
+  return r;
+}
+
+}  // namespace loraserve::server

@@ -1,0 +1,97 @@
+// Moving directories over the wire as loraserve.v1.FileChunk runs: UploadWriter assembles an upload
+// into a directory and checks sizes and SHA-256s; DirectoryReader cuts a directory into chunks.
+// Neither is thread-safe (one per RPC); both do blocking file I/O (run them on the WorkPool).
+#ifndef LORASERVE_SERVER_FILE_TRANSFER_H_
+#define LORASERVE_SERVER_FILE_TRANSFER_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "loraserve/v1/files.pb.h"
+
+namespace loraserve::server {
+
+inline constexpr int kMaxTransferFiles = 16;
+
+// Incremental SHA-256 (OpenSSL). Not thread-safe.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(absl::string_view data);
+  // 64 lowercase hex digits. Call once.
+  std::string HexDigest();
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+};
+
+// OK when `path` is 1 to 4 '/'-separated components, each 1 to 255 characters of [A-Za-z0-9._-]
+// not starting with '.'; InvalidArgument otherwise.
+absl::Status ValidateTransferPath(absl::string_view path);
+
+class UploadWriter {
+ public:
+  // Writes below `dir` (which must exist); accepts at most `max_bytes` bytes in all (the size
+  // the upload announced, itself within the server's cap).
+  UploadWriter(std::string dir, int64_t max_bytes);
+  ~UploadWriter();
+
+  // InvalidArgument for a bad path, an offset that does not continue the file, a chunk for a file
+  // already ended, another file started before the current one ended, more than kMaxTransferFiles
+  // files, more than `max_bytes` in all, or (on the eof chunk) a size or SHA-256 mismatch;
+  // Internal when the disk write fails.
+  absl::Status Add(const loraserve::v1::FileChunk& chunk);
+  // OK when every file ended and `expected_total` (if > 0) bytes arrived. InvalidArgument otherwise.
+  absl::Status Finish(int64_t expected_total);
+  int64_t total_bytes() const { return total_; }
+
+ private:
+  struct OpenFile;
+  std::string dir_;
+  int64_t max_bytes_;
+  int64_t total_ = 0;
+  std::unique_ptr<OpenFile> current_;
+  std::map<std::string, int64_t> done_;  // ended files and their sizes
+};
+
+class DirectoryReader {
+ public:
+  // Lists the regular files below `dir` (sorted by relative path). InvalidArgument if a name is
+  // not transferable or there are more than kMaxTransferFiles; Internal if it cannot be listed.
+  static absl::StatusOr<std::unique_ptr<DirectoryReader>> Open(const std::string& dir,
+                                                               int64_t chunk_bytes);
+  ~DirectoryReader();
+
+  // The next chunk; false once every file has been sent. Internal on read errors.
+  absl::StatusOr<bool> Next(loraserve::v1::FileChunk* chunk);
+
+ private:
+  DirectoryReader() = default;
+  std::string dir_;
+  int64_t chunk_bytes_ = 0;
+  std::vector<std::string> files_;
+  size_t index_ = 0;
+  std::FILE* file_ = nullptr;
+  int64_t offset_ = 0;
+  std::unique_ptr<Sha256> hash_;
+};
+
+// Makes a fresh directory `<parent>/<prefix>XXXXXX` (mkdtemp). Internal on failure.
+absl::StatusOr<std::string> MakeUniqueDir(const std::string& parent, absl::string_view prefix);
+// Removes `path` recursively; errors ignored (best effort clean-up).
+void RemoveTree(const std::string& path);
+
+}  // namespace loraserve::server
+
+#endif  // LORASERVE_SERVER_FILE_TRANSFER_H_

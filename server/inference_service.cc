@@ -1,0 +1,356 @@
+#include "server/inference_service.h"
+
+#include <chrono>
+#include <memory>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/engine.h"
+#include "server/proto_convert.h"
+#include "server/unary_call.h"
+
+namespace loraserve::server {
+namespace {
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
+  const auto d = context->deadline();
+  if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(d);
+}
+
+absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                              int64_t vocab_size, absl::string_view field) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i],
+                                                     " is outside the vocabulary [0, ", vocab_size,
+                                                     ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Streams one generation. Engine callbacks append to `next_` and start a write when none is in
+// flight; tokens that arrive during a write are coalesced into the next message, so memory stays
+// bounded by the generation and a slow reader never stalls the engine.
+class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateResponse> {
+ public:
+  GenerateReactor(ServiceEnv* env, grpc::CallbackServerContext* context,
+                  const pb::GenerateRequest& request)
+      : env_(env), context_(context), call_(env, context, "Generate") {
+    Start(request);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::shared_ptr<core::RequestHandle> cancel;
+    {
+      absl::MutexLock lock(&mu_);
+      write_in_flight_ = false;
+      if (!ok) {
+        // The caller is gone: stop generating for it.
+        write_failed_ = true;
+        has_next_ = false;
+        cancel = handle_;
+      }
+    }
+    if (cancel != nullptr) cancel->Cancel();
+    Pump();
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<core::RequestHandle> cancel;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      // gRPC cancels the call when its deadline passes (its timer may fire a little early).
+      deadline_passed_ = absl::Now() + absl::Milliseconds(50) >= deadline_;
+      cancel = handle_;
+    }
+    // on_done follows (Cancelled / DeadlineExceeded) and finishes the call.
+    if (cancel != nullptr) cancel->Cancel();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Start(const pb::GenerateRequest& request) {
+    call_.set_adapter(request.adapter());
+    auto engine_or = env_->engine.ForNewCall();
+    if (!engine_or.ok()) return FinishEarly(engine_or.status());
+    std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+
+    absl::Status valid = ValidateAdapterName(request.adapter(), "adapter", /*allow_empty=*/true);
+    if (!valid.ok()) return FinishEarly(valid);
+    auto sampling = SamplingFromProto(request.sampling());
+    if (!sampling.ok()) return FinishEarly(sampling.status());
+    const bool has_text = !request.text().empty();
+    const bool has_ids = request.token_ids_size() > 0;
+    if (has_text == has_ids) {
+      return FinishEarly(absl::InvalidArgumentError("exactly one of text and token_ids must be set"));
+    }
+    core::GenerateRequest req;
+    req.request_id = call_.request_id();
+    req.adapter = request.adapter();
+    if (has_text) {
+      req.prompt_ids = engine->Tokenize(request.text(), /*add_special_tokens=*/true,
+                                        /*parse_special=*/false);
+    } else {
+      valid = ValidateTokenIds(request.token_ids(), engine->vocab_size(), "token_ids");
+      if (!valid.ok()) return FinishEarly(valid);
+      req.prompt_ids.assign(request.token_ids().begin(), request.token_ids().end());
+    }
+    logprobs_ = sampling->logprobs;
+    req.sampling = *std::move(sampling);
+    req.deadline = DeadlineOf(context_);
+    deadline_ = req.deadline;
+    call_.set_tokens(static_cast<int64_t>(req.prompt_ids.size()), 0);
+
+    core::GenerateCallbacks callbacks;
+    callbacks.on_token = [this](const core::TokenEvent& e) { OnToken(e); };
+    callbacks.on_done = [this](absl::StatusOr<core::GenerationResult> r,
+                               const core::RequestStats& stats) {
+      OnEngineDone(std::move(r), stats);
+    };
+    auto handle = engine->SubmitGenerate(std::move(req), std::move(callbacks));
+    if (!handle.ok()) {
+      if (handle.status().code() == absl::StatusCode::kResourceExhausted) {
+        call_.set_retry_after(env_->metrics->RetryAfterHint());
+      }
+      return FinishEarly(handle.status());
+    }
+    bool cancel_now;
+    {
+      absl::MutexLock lock(&mu_);
+      handle_ = *handle;
+      cancel_now = cancelled_;
+    }
+    if (cancel_now) (*handle)->Cancel();
+  }
+
+  // Engine thread.
+  void OnToken(const core::TokenEvent& e) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (write_failed_) return;
+      TokenEventToProto(e, logprobs_, next_.add_tokens());
+      has_next_ = true;
+    }
+    Pump();
+  }
+
+  // Engine thread.
+  void OnEngineDone(absl::StatusOr<core::GenerationResult> result, const core::RequestStats& stats) {
+    env_->metrics->RecordGeneration(call_.adapter(), stats);
+    {
+      absl::MutexLock lock(&mu_);
+      call_.set_tokens(stats.prompt_tokens, stats.completion_tokens);
+      engine_done_ = true;
+      if (result.ok()) {
+        pb::GenerationSummary* s = next_.mutable_summary();
+        s->set_finish_reason(FinishReasonToProto(result->finish_reason));
+        s->set_stop_string(result->stop_string);
+        s->set_prompt_tokens(stats.prompt_tokens);
+        s->set_completion_tokens(stats.completion_tokens);
+        s->set_seed(result->seed);
+        s->set_queue_time_ms(absl::ToDoubleMilliseconds(stats.queue_time));
+        s->set_time_to_first_token_ms(absl::ToDoubleMilliseconds(stats.time_to_first_token));
+        has_next_ = !write_failed_;
+      } else if (result.status().code() == absl::StatusCode::kCancelled && deadline_passed_) {
+        // The call was cancelled because the caller's deadline passed: report it as that.
+        final_status_ = absl::DeadlineExceededError("the caller's deadline passed");
+      } else {
+        final_status_ = result.status();
+      }
+    }
+    Pump();
+  }
+
+  // Starts the next write, or finishes once the engine is done and everything is written. Never
+  // called with mu_ held; StartWrite / Finish run outside the lock.
+  void Pump() {
+    bool write = false;
+    bool finish = false;
+    absl::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (write_in_flight_ || finished_) return;
+      if (has_next_) {
+        in_flight_ = std::move(next_);
+        next_.Clear();
+        has_next_ = false;
+        write_in_flight_ = true;
+        write = true;
+      } else if (engine_done_) {
+        finished_ = true;
+        finish = true;
+        status = final_status_;
+        if (status.ok() && write_failed_) {
+          status = absl::CancelledError("the caller stopped reading");
+        }
+      }
+    }
+    if (write) {
+      StartWrite(&in_flight_);
+    } else if (finish) {
+      const grpc::Status out = call_.Complete(status);
+      Finish(out);  // may delete this
+    }
+  }
+
+  // Before submission: nothing is in flight.
+  void FinishEarly(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      finished_ = true;
+    }
+    Finish(call_.Complete(status));
+  }
+
+  ServiceEnv* const env_;
+  grpc::CallbackServerContext* const context_;
+  RpcCall call_;
+  bool logprobs_ = false;
+  absl::Time deadline_ = absl::InfiniteFuture();
+
+  absl::Mutex mu_;
+  pb::GenerateResponse next_ ABSL_GUARDED_BY(mu_);
+  bool has_next_ ABSL_GUARDED_BY(mu_) = false;
+  // Owned by the write in flight (touched only by Pump while no write is in flight).
+  pb::GenerateResponse in_flight_;
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
+  bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool deadline_passed_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<core::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
+};
+
+// Upper bound of a ScoreResponse's encoded size for `n` tokens (proto varint and tag overheads
+// rounded up).
+int64_t ScoreReplyBytes(int64_t n, int64_t vocab, bool full_logits, int64_t top) {
+  int64_t bytes = 64 + 4 * n;                     // header fields, token_logprobs
+  if (full_logits) bytes += 4 * n * vocab + 16;   // packed float32 logits
+  bytes += n * (4 + top * 16);                    // top_logprobs entries
+  return bytes;
+}
+
+}  // namespace
+
+grpc::ServerWriteReactor<pb::GenerateResponse>* InferenceService::Generate(
+    grpc::CallbackServerContext* context, const pb::GenerateRequest* request) {
+  return new GenerateReactor(env_, context, *request);
+}
+
+grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* context,
+                                                  const pb::ScoreRequest* request,
+                                                  pb::ScoreResponse* response) {
+  auto* c = new UnaryCall(env_, context, "Score");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  c->call.set_adapter(request->adapter());
+  auto engine_or = env_->engine.ForNewCall();
+  if (!engine_or.ok()) {
+    c->Finish(engine_or.status());
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  absl::Status valid = ValidateAdapterName(request->adapter(), "adapter", /*allow_empty=*/true);
+  const int64_t n = request->token_ids_size();
+  if (valid.ok() && n == 0) valid = absl::InvalidArgumentError("token_ids is empty");
+  if (valid.ok() && n > engine->max_context()) {
+    valid = absl::InvalidArgumentError(absl::StrCat("token_ids has ", n, " tokens, the model's context is ",
+                                                    engine->max_context()));
+  }
+  if (valid.ok() && (request->top_logprobs() < 0 || request->top_logprobs() > core::kMaxTopLogprobs)) {
+    valid = absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs must be in [0, ", core::kMaxTopLogprobs, "]"));
+  }
+  if (valid.ok()) valid = ValidateTokenIds(request->token_ids(), engine->vocab_size(), "token_ids");
+  if (valid.ok()) {
+    const int64_t bytes = ScoreReplyBytes(n, engine->vocab_size(), request->full_logits(),
+                                          request->top_logprobs());
+    if (bytes > env_->config.max_message_bytes) {
+      valid = absl::InvalidArgumentError(absl::StrCat(
+          "the reply (about ", bytes, " bytes for ", n, " tokens",
+          request->full_logits() ? absl::StrCat(" x ", engine->vocab_size(), " float32 logits") : "",
+          ") would exceed the server's max message size of ", env_->config.max_message_bytes,
+          " bytes; ask for top_logprobs instead of full_logits, or score fewer tokens"));
+    }
+  }
+  if (!valid.ok()) {
+    c->Finish(valid);
+    return reactor;
+  }
+  core::ScoreRequest req;
+  req.request_id = c->call.request_id();
+  req.adapter = request->adapter();
+  req.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
+  req.full_logits = request->full_logits();
+  req.top_logprobs = request->top_logprobs();
+  c->call.set_tokens(n, 0);
+  engine->SubmitScore(std::move(req), [c, response, n](absl::StatusOr<core::ScoreResult> result) {
+    if (!result.ok()) {
+      if (result.status().code() == absl::StatusCode::kResourceExhausted) {
+        c->call.set_retry_after(c->env->metrics->RetryAfterHint());
+      }
+      c->Finish(result.status());
+      return;
+    }
+    ScoreResultToProto(*result, response);
+    if (static_cast<int64_t>(response->ByteSizeLong()) > c->env->config.max_message_bytes) {
+      response->Clear();
+      c->Finish(absl::InvalidArgumentError(
+          "the reply would exceed the server's max message size; ask for fewer tokens or top_logprobs"));
+      return;
+    }
+    c->env->metrics->RecordScore(c->call.adapter(), n);
+    c->Finish(absl::OkStatus());
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* context,
+                                                     const pb::TokenizeRequest* request,
+                                                     pb::TokenizeResponse* response) {
+  auto* c = new UnaryCall(env_, context, "Tokenize");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  auto engine = env_->engine.ForNewCall();
+  if (!engine.ok()) {
+    c->Finish(engine.status());
+    return reactor;
+  }
+  const std::vector<int32_t> ids =
+      (*engine)->Tokenize(request->text(), request->add_special_tokens(), request->parse_special());
+  response->mutable_token_ids()->Assign(ids.begin(), ids.end());
+  c->call.set_tokens(0, static_cast<int64_t>(ids.size()));
+  c->Finish(absl::OkStatus());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Detokenize(grpc::CallbackServerContext* context,
+                                                       const pb::DetokenizeRequest* request,
+                                                       pb::DetokenizeResponse* response) {
+  auto* c = new UnaryCall(env_, context, "Detokenize");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  auto engine = env_->engine.ForNewCall();
+  if (!engine.ok()) {
+    c->Finish(engine.status());
+    return reactor;
+  }
+  absl::Status valid = ValidateTokenIds(request->token_ids(), (*engine)->vocab_size(), "token_ids");
+  if (!valid.ok()) {
+    c->Finish(valid);
+    return reactor;
+  }
+  const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
+  response->set_text((*engine)->Detokenize(ids, request->skip_special_tokens()));
+  c->call.set_tokens(static_cast<int64_t>(ids.size()), 0);
+  c->Finish(absl::OkStatus());
+  return reactor;
+}
+
+}  // namespace loraserve::server

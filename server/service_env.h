@@ -1,0 +1,114 @@
+// What the gRPC services share: configuration, the engine (once attached), metrics, the access and
+// event log, the pool for blocking work, and the adapter book. Plus RpcCall, the per-RPC record
+// (request id, access log line, metrics, trailing metadata).
+#ifndef LORASERVE_SERVER_SERVICE_ENV_H_
+#define LORASERVE_SERVER_SERVICE_ENV_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/server_callback.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/adapter_book.h"
+#include "server/grpc_status.h"
+#include "server/logging.h"
+#include "server/metrics.h"
+#include "server/work_pool.h"
+
+namespace loraserve::core {
+class Engine;
+}  // namespace loraserve::core
+
+namespace loraserve::server {
+
+inline constexpr char kRequestIdKey[] = "x-request-id";
+inline constexpr char kRetryAfterKey[] = "retry-after-ms";
+
+// The engine once attached. Thread-safe.
+class EngineSlot {
+ public:
+  // The engine for a new RPC: Unavailable before it is attached (model loading, warm-up) and once
+  // draining has begun.
+  absl::StatusOr<std::shared_ptr<core::Engine>> ForNewCall() const;
+  // The engine regardless of draining (null before attach).
+  std::shared_ptr<core::Engine> engine() const;
+  void Attach(std::shared_ptr<core::Engine> engine);
+  void SetDraining();
+  bool draining() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<core::Engine> engine_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+struct ServiceConfig {
+  std::string adapter_root;  // canonical absolute path; "" = LoadAdapter refused
+  std::string upload_dir;    // absolute; uploads are written below it
+  std::string scratch_dir;   // absolute; SaveAdapter / ExportMergedModel write below it
+  int64_t max_upload_bytes = 0;
+  int64_t max_message_bytes = 0;
+  int64_t file_chunk_bytes = 1 << 20;  // FileChunk data size when streaming files back
+};
+
+struct ServiceEnv {
+  ServiceConfig config;
+  Logger logger;
+  Metrics* metrics = nullptr;
+  WorkPool* pool = nullptr;
+  AdapterBook book;
+  EngineSlot engine;
+  std::vector<PathAlias> path_aliases;  // server paths callers must not see
+
+  grpc::Status ToGrpc(const absl::Status& status) const { return ToGrpcStatus(status, path_aliases); }
+};
+
+// One RPC's record. Not thread-safe: a reactor uses it from one reaction at a time.
+class RpcCall {
+ public:
+  // Takes the request id from the caller's `x-request-id` metadata (1 to 128 characters of
+  // [A-Za-z0-9._:-]) or generates one.
+  RpcCall(ServiceEnv* env, grpc::CallbackServerContext* context, const char* rpc);
+
+  const std::string& request_id() const { return request_id_; }
+  const char* rpc() const { return rpc_; }
+  void set_adapter(absl::string_view adapter) { adapter_ = std::string(adapter); }
+  const std::string& adapter() const { return adapter_; }
+  void set_tokens(int64_t in, int64_t out) {
+    tokens_in_ = in;
+    tokens_out_ = out;
+  }
+  // Trailing metadata `retry-after-ms` on the final status.
+  void set_retry_after(absl::Duration d) { retry_after_ = d; }
+
+  // A lifecycle event about this request ("event=<event> rid=<id> <fields>").
+  void LogEvent(absl::string_view event, absl::string_view fields = "") const;
+
+  // Adds the trailing metadata, records the metrics and writes the access log line; returns the
+  // status to finish the call with. Call exactly once, before finishing the call.
+  grpc::Status Complete(const absl::Status& status);
+
+ private:
+  ServiceEnv* env_;
+  grpc::CallbackServerContext* context_;
+  const char* rpc_;
+  std::string request_id_;
+  std::string adapter_;
+  int64_t tokens_in_ = 0;
+  int64_t tokens_out_ = 0;
+  absl::Duration retry_after_ = absl::ZeroDuration();
+  absl::Time start_;
+};
+
+}  // namespace loraserve::server
+
+#endif  // LORASERVE_SERVER_SERVICE_ENV_H_
