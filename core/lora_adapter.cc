@@ -108,6 +108,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
   }
   // 1. Sort keys into modules.
   std::map<std::string, ModuleTensors> by_module;
+  std::map<std::string, at::Tensor> saved_bias;
   at::Tensor saved_head;
   for (const auto& [key, t] : tensors) {
     if (!absl::StartsWith(key, kPeftPrefix)) {
@@ -133,6 +134,16 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
       break;
     }
     if (matched) continue;
+    // bias="all"/"lora_only": the module's own bias (PEFT may keep it under base_layer).
+    if (absl::EndsWith(rest, ".bias")) {
+      std::string module = rest.substr(0, rest.size() - 5);
+      if (absl::EndsWith(module, ".base_layer")) module = module.substr(0, module.size() - 11);
+      if (config.bias == "none") {
+        return Invalid(name, absl::StrCat("key \"", key, "\" is a bias but the config says bias=\"none\""));
+      }
+      saved_bias[module] = t;
+      continue;
+    }
     // modules_to_save: a full copy of the module's weight under its own path.
     if (absl::EndsWith(rest, ".weight")) {
       const std::string module = rest.substr(0, rest.size() - 7);
@@ -145,8 +156,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
         continue;
       }
     }
-    return Invalid(name, absl::StrCat("key \"", key, "\" is not a LoRA weight of any supported kind "
-                                      "(bias=\"all\"/\"lora_only\" bias copies are not supported)"));
+    return Invalid(name, absl::StrCat("key \"", key, "\" is not a LoRA weight of any supported kind"));
   }
 
   std::shared_ptr<LoraAdapter> adapter(new LoraAdapter());
@@ -290,6 +300,22 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
       adapter->max_rank_ = std::max(adapter->max_rank_, m.rank);
       adapter->modules_.push_back(std::move(m));
     }
+    adapter->bias_saved_.resize(model.linears().size());
+    adapter->bias_names_.resize(model.linears().size());
+    for (const auto& [module, t] : saved_bias) {
+      const LinearModule* lm = model.FindLinear(module);
+      if (lm == nullptr) {
+        return Invalid(name, absl::StrCat("saved bias for \"", module, "\", which matches no linear module of the base model"));
+      }
+      if (!lm->bias.defined()) {
+        return Invalid(name, absl::StrCat("saved bias for \"", module, "\", whose base layer has no bias"));
+      }
+      LORASERVE_RETURN_IF_ERROR(shape_is(t, {lm->out_features}, module + ".bias"));
+      LORASERVE_RETURN_IF_ERROR(finite(t, module + ".bias"));
+      adapter->bias_saved_[lm->id] = t.to(f32).contiguous();
+      adapter->bias_names_[lm->id] = module;
+      adapter->has_bias_override_ = true;
+    }
     if (saved_head.defined()) {
       LORASERVE_RETURN_IF_ERROR(shape_is(saved_head, {mc.vocab_size, mc.hidden_size}, "lm_head.weight"));
       LORASERVE_RETURN_IF_ERROR(finite(saved_head, "lm_head.weight"));
@@ -309,6 +335,9 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
     }
   }
   for (const at::Tensor& t : {adapter->head_, adapter->embedding_base_}) {
+    if (t.defined()) adapter->bytes_ += static_cast<int64_t>(t.nbytes());
+  }
+  for (const at::Tensor& t : adapter->bias_saved_) {
     if (t.defined()) adapter->bytes_ += static_cast<int64_t>(t.nbytes());
   }
   if (adapter->modules_.empty() && !adapter->head_.defined()) {
@@ -333,6 +362,9 @@ std::vector<std::pair<std::string, at::Tensor>> LoraAdapter::PeftTensors() const
     if (m.magnitude.defined()) out.emplace_back(p + m.name + ".lora_magnitude_vector", m.magnitude);
   }
   if (head_.defined()) out.emplace_back(p + "lm_head.weight", head_);
+  for (size_t i = 0; i < bias_saved_.size(); ++i) {
+    if (bias_saved_[i].defined()) out.emplace_back(p + bias_names_[i] + ".bias", bias_saved_[i]);
+  }
   return out;
 }
 

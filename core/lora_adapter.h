@@ -84,6 +84,14 @@ class LoraAdapter {
   // PEFT's saved copy of the base embedding when it differs from the checkpoint's (model dtype),
   // else undefined.
   const at::Tensor& embedding_base() const { return embedding_base_; }
+  // bias="all"/"lora_only": the bias this adapter saved for linear `id` (fp32), which replaces
+  // the checkpoint's bias for its rows; undefined when it saved none.
+  const at::Tensor& SavedBias(int id) const {
+    static const at::Tensor kNone;
+    return id >= 0 && id < static_cast<int>(bias_saved_.size()) ? bias_saved_[id] : kNone;
+  }
+  bool has_bias_override() const { return has_bias_override_; }
+  int num_linears() const { return static_cast<int>(by_linear_.size()); }
   int64_t max_rank() const { return max_rank_; }
   bool has_dora() const { return has_dora_; }
   // Bytes of tensor memory held.
@@ -102,6 +110,9 @@ class LoraAdapter {
   const LoraModule* embedding_ = nullptr;
   at::Tensor head_;
   at::Tensor embedding_base_;
+  std::vector<at::Tensor> bias_saved_;   // per linear: the saved bias as written (for saving)
+  std::vector<std::string> bias_names_;  // per linear: its module name where a bias was saved
+  bool has_bias_override_ = false;
   int64_t max_rank_ = 0;
   bool has_dora_ = false;
   int64_t bytes_ = 0;

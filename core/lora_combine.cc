@@ -152,9 +152,9 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> CombineAdapters(
     if (!seen.insert(s->name()).second) {
       return absl::InvalidArgumentError(absl::StrCat("combine: source ", s->name(), " listed twice"));
     }
-    if (s->has_dora() || s->head().defined() || s->embedding_base().defined()) {
+    if (s->has_dora() || s->head().defined() || s->embedding_base().defined() || s->has_bias_override()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "combine: source ", s->name(), " uses DoRA, modules_to_save or a replaced embedding, "
+          "combine: source ", s->name(), " uses DoRA, modules_to_save, saved biases or a replaced embedding, "
           "which add_weighted_adapter cannot combine"));
     }
     for (const LoraModule& m : s->modules()) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
@@ -15,6 +16,22 @@
 #include "core/torch_status.h"
 
 namespace loraserve::core {
+
+namespace {
+
+// Linear modules an adapter changes: those with LoRA weights and those whose bias it saved.
+std::vector<int> TouchedLinears(const LoraAdapter& a) {
+  std::set<int> ids;
+  for (const LoraModule& m : a.modules()) {
+    if (!m.is_embedding()) ids.insert(m.linear_id);
+  }
+  for (int id = 0; id < a.num_linears(); ++id) {
+    if (a.SavedBias(id).defined()) ids.insert(id);
+  }
+  return std::vector<int>(ids.begin(), ids.end());
+}
+
+}  // namespace
 
 struct LoraModel::State {
   // The checkpoint's tensors, captured at construction. Merged weights are always recomputed from
@@ -37,12 +54,9 @@ struct LoraModel::State {
     merged_head = nullptr;
     for (const auto& a : merged) {
       for (const LoraModule& m : a->modules()) {
-        if (m.is_embedding()) {
-          merged_embedding.push_back(a.get());
-        } else {
-          merged_by_linear[m.linear_id].push_back(a.get());
-        }
+        if (m.is_embedding()) merged_embedding.push_back(a.get());
       }
+      for (int id : TouchedLinears(*a)) merged_by_linear[id].push_back(a.get());
       if (a->head().defined()) merged_head = a.get();
     }
   }
@@ -60,7 +74,11 @@ std::pair<at::Tensor, at::Tensor> ComposeLinear(const at::Tensor& w0, const at::
   at::Tensor w = w0.to(at::kFloat);
   at::Tensor b = b0.defined() ? b0.to(at::kFloat) : at::Tensor();
   for (const LoraAdapter* a : adapters) {
+    // bias="all": the adapter's saved bias replaces the checkpoint's (its difference is added, so
+    // several merged adapters compose).
+    if (a->SavedBias(id).defined()) b = b + (a->SavedBias(id) - b0.to(at::kFloat));
     const LoraModule* m = a->ForLinear(id);
+    if (m == nullptr) continue;
     w = w + m->Delta();
     if (m->is_dora()) w = w * m->dora_scale.unsqueeze(1);
     if (m->lora_bias.defined()) {
@@ -122,10 +140,14 @@ class BatchHooks : public ForwardHooks {
     const auto& merged = state_.merged_by_linear[id];
     std::vector<LoraSegment> segments;
     // 1. Rows not belonging to a merged adapter X get X's effect removed.
+    // bias="all" adapters: (rows, saved bias − checkpoint bias, sign) to add after the products.
+    std::vector<std::tuple<const RowSet*, const at::Tensor*, double>> bias_adds;
     for (const LoraAdapter* mx : merged) {
       const LoraModule* m = mx->ForLinear(id);
       const RowSet& others = RowsNotOf(mx);
       if (others.size() == 0) continue;
+      if (mx->SavedBias(id).defined()) bias_adds.emplace_back(&others, &mx->SavedBias(id), -1.0);
+      if (m == nullptr) continue;
       if (m->is_dora()) {
         // y = g⊙(x(W+ΔW)ᵀ) + b  →  x(W+ΔW)ᵀ + b = (y − b)/g + b; the ΔW term follows below.
         at::Tensor ys = Gather(y, others).to(at::kFloat);
@@ -141,8 +163,10 @@ class BatchHooks : public ForwardHooks {
     // 2. Each adapter's own plain LoRA product on its rows.
     std::vector<std::pair<const LoraModule*, const RowSet*>> dora;
     for (const Group& g : groups_) {
+      if (IsMergedHere(merged, g.adapter)) continue;
+      if (g.adapter->SavedBias(id).defined()) bias_adds.emplace_back(&g.rows, &g.adapter->SavedBias(id), 1.0);
       const LoraModule* m = g.adapter->ForLinear(id);
-      if (m == nullptr || IsMergedHere(merged, g.adapter)) continue;
+      if (m == nullptr) continue;
       if (m->is_dora()) {
         dora.emplace_back(m, &g.rows);
         continue;
@@ -162,6 +186,11 @@ class BatchHooks : public ForwardHooks {
       if (m->lora_bias.defined()) out = out + m->lora_bias * m->scaling;
       if (bias.defined()) out = out + bias;
       Scatter(y, *rows, out.to(y.scalar_type()));
+    }
+    // 4. Saved biases replace the checkpoint's: add their difference on their rows.
+    for (const auto& [rows, saved, sign] : bias_adds) {
+      at::Tensor delta = (*saved - state_.original_bias[id].to(at::kFloat)) * sign;
+      Scatter(y, *rows, (Gather(y, *rows).to(at::kFloat) + delta).to(y.scalar_type()));
     }
     return y;
   }
@@ -346,12 +375,12 @@ std::vector<std::string> LoraModel::MergedNames() const {
 
 namespace {
 
-// Adapters of `list` that touch linear `id`, in order.
+// Adapters of `list` that touch linear `id` (LoRA weights or a saved bias), in order.
 std::vector<const LoraAdapter*> Touching(const std::vector<std::shared_ptr<const LoraAdapter>>& list,
                                          int id) {
   std::vector<const LoraAdapter*> out;
   for (const auto& a : list) {
-    if (a->ForLinear(id) != nullptr) out.push_back(a.get());
+    if (a->ForLinear(id) != nullptr || a->SavedBias(id).defined()) out.push_back(a.get());
   }
   return out;
 }
@@ -373,7 +402,8 @@ absl::StatusOr<bool> LoraModel::Merge(std::shared_ptr<const LoraAdapter> adapter
   for (const LoraModule& m : adapter->modules()) {
     if (m.is_embedding()) continue;
     for (const LoraAdapter* other : s.merged_by_linear[m.linear_id]) {
-      if (m.is_dora() || other->ForLinear(m.linear_id)->is_dora()) {
+      const LoraModule* om = other->ForLinear(m.linear_id);
+      if (m.is_dora() || (om != nullptr && om->is_dora())) {
         return absl::FailedPreconditionError(absl::StrCat(
             "cannot merge ", adapter->name(), ": module ", m.name, " is already merged with ",
             other->name(), " and one of them is DoRA (unmerge ", other->name(), " first)"));
@@ -400,16 +430,14 @@ absl::StatusOr<bool> LoraModel::Merge(std::shared_ptr<const LoraAdapter> adapter
   at::Tensor new_embed;
   absl::Status computed = CallTorch("merging adapter " + adapter->name(), [&]() -> absl::Status {
     c10::InferenceMode guard;
-    for (const LoraModule& m : adapter->modules()) {
-      if (m.is_embedding()) continue;
-      auto [w, b] = ComposeLinear(s.original_weight[m.linear_id], s.original_bias[m.linear_id],
-                                  m.linear_id, Touching(next, m.linear_id));
+    for (int id : TouchedLinears(*adapter)) {
+      auto [w, b] = ComposeLinear(s.original_weight[id], s.original_bias[id], id, Touching(next, id));
       if (!AllFinite(w) || !AllFinite(b)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "merging adapter ", adapter->name(), " would put NaN/Inf into ", m.name,
-            "; model left unchanged"));
+            "merging adapter ", adapter->name(), " would put NaN/Inf into ",
+            model_->linears()[id].name, "; model left unchanged"));
       }
-      pending.push_back({m.linear_id, w, b});
+      pending.push_back({id, w, b});
     }
     if (adapter->embedding() != nullptr) {
       new_embed = ComposeEmbedding(s.original_embed, WithEmbedding(next));
@@ -445,14 +473,12 @@ absl::Status LoraModel::Unmerge(const std::string& name) {
   s.merged.erase(it);
   return CallTorch("unmerging adapter " + name, [&]() {
     c10::InferenceMode guard;
-    for (const LoraModule& m : adapter->modules()) {
-      if (m.is_embedding()) {
-        model_->mutable_embedding() = ComposeEmbedding(s.original_embed, WithEmbedding(s.merged));
-        continue;
-      }
-      auto [w, b] = ComposeLinear(s.original_weight[m.linear_id], s.original_bias[m.linear_id],
-                                  m.linear_id, Touching(s.merged, m.linear_id));
-      LinearModule* lm = model_->MutableLinear(m.name);
+    if (adapter->embedding() != nullptr) {
+      model_->mutable_embedding() = ComposeEmbedding(s.original_embed, WithEmbedding(s.merged));
+    }
+    for (int id : TouchedLinears(*adapter)) {
+      auto [w, b] = ComposeLinear(s.original_weight[id], s.original_bias[id], id, Touching(s.merged, id));
+      LinearModule* lm = model_->MutableLinear(model_->linears()[id].name);
       lm->weight = w;
       lm->bias = b;
     }

@@ -453,3 +453,86 @@ TEST(LoraBitExactTest, BaseIsBitExactAfter100MergeCycles) {
 
 }  // namespace
 }  // namespace loraserve::core
+
+namespace loraserve::core {
+namespace {
+
+// bias="all": an adapter's saved biases replace the checkpoint's for its rows only. Checked
+// against a second code path: a model whose biases are the saved ones, with the same LoRA.
+TEST(LoraBiasOverrideTest, SavedBiasesReplaceTheCheckpointsForTheirRows) {
+  LORASERVE_REQUIRE_SHARED();
+  const std::string dir = testing::SharedPath("fixtures/models/stories260K");
+  ASSERT_OK_AND_ASSIGN(auto tensors, LoadSafetensors(dir + "/model.safetensors"));
+  ASSERT_OK_AND_ASSIGN(Json json, ReadJsonFile(dir + "/config.json"));
+  json["model_type"] = "qwen2";
+  ASSERT_OK_AND_ASSIGN(ModelConfig cfg, ModelConfig::FromJson(json, "qwen2"));
+  at::manual_seed(5);
+  auto base_tensors = tensors;
+  auto swapped_tensors = tensors;
+  std::map<std::string, at::Tensor> adapter_tensors;
+  for (int l = 0; l < 5; ++l) {
+    for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+      const std::string name = "model.layers." + std::to_string(l) + ".self_attn." + p;
+      const int64_t out = tensors[name + ".weight"].size(0);
+      base_tensors[name + ".bias"] = at::randn({out}) * 0.3;
+      swapped_tensors[name + ".bias"] = base_tensors[name + ".bias"];
+      if (l % 2 == 0) {  // the adapter saves new biases for even layers
+        at::Tensor saved = at::randn({out}) * 0.3;
+        swapped_tensors[name + ".bias"] = saved;
+        adapter_tensors[std::string(kPeftPrefix) + name + (l == 0 ? ".base_layer.bias" : ".bias")] = saved;
+      }
+    }
+  }
+  ASSERT_OK_AND_ASSIGN(auto lora_src, LoadSafetensors(testing::PeftDir("qv_r4") + "/adapter/adapter_model.safetensors"));
+  for (const auto& [k, v] : lora_src) adapter_tensors[k] = v;
+  ASSERT_OK_AND_ASSIGN(Json acfg_json, ReadJsonFile(testing::PeftDir("qv_r4") + "/adapter/adapter_config.json"));
+  ASSERT_OK_AND_ASSIGN(LoraConfig plain_cfg, LoraConfig::FromJson(acfg_json, "cfg"));
+  acfg_json["bias"] = "all";
+  ASSERT_OK_AND_ASSIGN(LoraConfig acfg, LoraConfig::FromJson(acfg_json, "cfg"));
+
+  ASSERT_OK_AND_ASSIGN(auto model, Model::FromTensors(cfg, base_tensors, ModelOptions(), "qwen2"));
+  LoraModel lora(model.get());
+  ASSERT_OK_AND_ASSIGN(auto swapped, Model::FromTensors(cfg, swapped_tensors, ModelOptions(), "swapped"));
+  LoraModel swapped_lora(swapped.get());
+  EXPECT_THAT(LoraAdapter::FromTensors("b", plain_cfg, adapter_tensors, *model, lora.BaseWeightFn(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bias=\"none\"")));
+  ASSERT_OK_AND_ASSIGN(AdapterPtr a, LoraAdapter::FromTensors("b", acfg, adapter_tensors, *model,
+                                                              lora.BaseWeightFn(), {}));
+  EXPECT_TRUE(a->has_bias_override());
+  ASSERT_OK_AND_ASSIGN(AdapterPtr plain, LoraAdapter::FromTensors("p", plain_cfg, lora_src, *swapped,
+                                                                  swapped_lora.BaseWeightFn(), {}));
+  const std::vector<int32_t> ids = {1, 274, 287, 381, 261, 370, 352, 266};
+  ASSERT_OK_AND_ASSIGN(at::Tensor want, swapped_lora.Score(ids, plain));
+  ASSERT_OK_AND_ASSIGN(at::Tensor base, lora.Score(ids, nullptr));
+  // Mixed batch: adapter rows get the saved biases, base rows the checkpoint's.
+  KvCache cache(model->config(), model->options());
+  ASSERT_OK(cache.AddSequence(0));
+  ASSERT_OK(cache.AddSequence(1));
+  ASSERT_OK_AND_ASSIGN(at::Tensor both, lora.Forward({{0, ids}, {1, ids}}, {a, nullptr}, &cache, LogitsMode::kAll));
+  EXPECT_LE((both.narrow(0, 0, 8) - want).abs().max().item<double>(), 1e-4);
+  EXPECT_LE((both.narrow(0, 8, 8) - base).abs().max().item<double>(), 1e-4);
+  // Merged: same answers; unmerged: the checkpoint's biases bit for bit.
+  const at::Tensor q0_bias = model->FindLinear("model.layers.0.self_attn.q_proj")->bias;
+  ASSERT_OK(lora.Merge(a).status());
+  ASSERT_OK_AND_ASSIGN(at::Tensor merged, lora.Score(ids, a));
+  ASSERT_OK_AND_ASSIGN(at::Tensor base_while_merged, lora.Score(ids, nullptr));
+  EXPECT_LE((merged - want).abs().max().item<double>(), 1e-4);
+  EXPECT_LE((base_while_merged - base).abs().max().item<double>(), 1e-4);
+  ASSERT_OK(lora.Unmerge("b"));
+  EXPECT_TRUE(model->FindLinear("model.layers.0.self_attn.q_proj")->bias.is_same(q0_bias));
+  // Saved in PEFT layout and reloaded, it still carries the biases.
+  const std::string out = testing::MakeTempDir();
+  ASSERT_OK(SaveAdapter(*a, out));
+  ASSERT_OK_AND_ASSIGN(AdapterPtr again, LoraAdapter::Load("again", out, *model, lora.BaseWeightFn(), {}));
+  ASSERT_OK_AND_ASSIGN(at::Tensor reloaded, lora.Score(ids, again));
+  EXPECT_LE((reloaded - want).abs().max().item<double>(), 1e-4);
+  // An export folds them in.
+  const std::string exported = testing::MakeTempDir();
+  ASSERT_OK(lora.ExportMerged({a}, exported));
+  ASSERT_OK_AND_ASSIGN(auto plain_model, Model::Load(exported, ModelOptions()));
+  ASSERT_OK_AND_ASSIGN(at::Tensor from_export, plain_model->Score(ids));
+  EXPECT_LE((from_export - want).abs().max().item<double>(), 1e-4);
+}
+
+}  // namespace
+}  // namespace loraserve::core
