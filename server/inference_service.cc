@@ -46,6 +46,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   void OnWriteDone(bool ok) override {
     std::shared_ptr<core::RequestHandle> cancel;
+    Step next;
     {
       absl::MutexLock lock(&mu_);
       write_in_flight_ = false;
@@ -55,9 +56,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
         has_next_ = false;
         cancel = handle_;
       }
+      next = NextStepLocked();
     }
     if (cancel != nullptr) cancel->Cancel();
-    Pump();
+    Take(next);
   }
 
   void OnCancel() override {
@@ -132,18 +134,22 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   // Engine thread.
   void OnToken(const core::TokenEvent& e) {
+    Step next;
     {
       absl::MutexLock lock(&mu_);
       if (write_failed_) return;
       TokenEventToProto(e, logprobs_, next_.add_tokens());
       has_next_ = true;
+      next = NextStepLocked();
     }
-    Pump();
+    Take(next);
   }
 
   // Engine thread.
   void OnEngineDone(absl::StatusOr<core::GenerationResult> result, const core::RequestStats& stats) {
+    // Safe before the lock: the call cannot finish until engine_done_ is set below.
     env_->metrics->RecordGeneration(call_.adapter(), stats);
+    Step next;
     {
       absl::MutexLock lock(&mu_);
       call_.set_tokens(stats.prompt_tokens, stats.completion_tokens);
@@ -164,39 +170,39 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       } else {
         final_status_ = result.status();
       }
+      next = NextStepLocked();
     }
-    Pump();
+    Take(next);
   }
 
-  // Starts the next write, or finishes once the engine is done and everything is written. Never
-  // called with mu_ held; StartWrite / Finish run outside the lock.
-  void Pump() {
-    bool write = false;
-    bool finish = false;
-    absl::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      if (write_in_flight_ || finished_) return;
-      if (has_next_) {
-        in_flight_ = std::move(next_);
-        next_.Clear();
-        has_next_ = false;
-        write_in_flight_ = true;
-        write = true;
-      } else if (engine_done_) {
-        finished_ = true;
-        finish = true;
-        status = final_status_;
-        if (status.ok() && write_failed_) {
-          status = absl::CancelledError("the caller stopped reading");
-        }
-      }
+  // What to do next, decided under the same lock as the state change that prompted it, so exactly
+  // one thread starts each write and exactly one finishes the call.
+  enum class Step { kNone, kWrite, kFinish };
+  Step NextStepLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (write_in_flight_ || finished_) return Step::kNone;
+    if (has_next_) {
+      in_flight_ = std::move(next_);
+      next_.Clear();
+      has_next_ = false;
+      write_in_flight_ = true;
+      return Step::kWrite;
     }
-    if (write) {
+    if (!engine_done_) return Step::kNone;
+    finished_ = true;
+    finish_status_ = final_status_;
+    if (finish_status_.ok() && write_failed_) {
+      finish_status_ = absl::CancelledError("the caller stopped reading");
+    }
+    return Step::kFinish;
+  }
+
+  // Runs the step outside the lock. Must be the caller's last use of `this`: once a write is
+  // started or the call finished, another thread may finish it and delete the reactor.
+  void Take(Step step) {
+    if (step == Step::kWrite) {
       StartWrite(&in_flight_);
-    } else if (finish) {
-      const grpc::Status out = call_.Complete(status);
-      Finish(out);  // may delete this
+    } else if (step == Step::kFinish) {
+      Finish(call_.Complete(finish_status_));
     }
   }
 
@@ -218,7 +224,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   absl::Mutex mu_;
   pb::GenerateResponse next_ ABSL_GUARDED_BY(mu_);
   bool has_next_ ABSL_GUARDED_BY(mu_) = false;
-  // Owned by the write in flight (touched only by Pump while no write is in flight).
+  // Owned by the write in flight (filled by NextStepLocked only while no write is in flight).
   pb::GenerateResponse in_flight_;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
@@ -227,6 +233,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool deadline_passed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+  // Set once with finished_; read by the one thread that finishes the call.
+  absl::Status finish_status_;
   std::shared_ptr<core::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 

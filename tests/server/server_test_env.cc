@@ -44,6 +44,7 @@ bool GatedEngine::WaitUntilPaused(absl::Duration timeout) {
 void GatedEngine::Resume() {
   absl::MutexLock lock(&mu_);
   pause_requested_ = false;
+  gated_activity_ = false;
 }
 
 int64_t GatedEngine::steps() const {
@@ -67,6 +68,20 @@ class GatedEngine::CountingHandle : public core::RequestHandle {
 
 absl::StatusOr<std::shared_ptr<core::RequestHandle>> GatedEngine::SubmitGenerate(
     core::GenerateRequest request, core::GenerateCallbacks callbacks) {
+  bool gated;
+  {
+    absl::MutexLock lock(&mu_);
+    gated = pause_requested_;
+  }
+  if (gated) {
+    callbacks.on_token = [this, on_token = std::move(callbacks.on_token)](const core::TokenEvent& e) {
+      {
+        absl::MutexLock lock(&mu_);
+        gated_activity_ = true;
+      }
+      if (on_token) on_token(e);
+    };
+  }
   auto handle = inner_->SubmitGenerate(std::move(request), std::move(callbacks));
   if (!handle.ok()) return handle.status();
   return std::shared_ptr<core::RequestHandle>(std::make_shared<CountingHandle>(*handle, this));
@@ -105,7 +120,7 @@ void GatedEngine::OnStep(int batch_size, int distinct_adapters, int new_tokens,
   }
   if (observer) observer(batch_size, distinct_adapters, new_tokens, step_time);
   absl::MutexLock lock(&mu_);
-  if (!pause_requested_) return;
+  if (!pause_requested_ || !gated_activity_) return;
   paused_ = true;
   auto resumed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !pause_requested_; };
   mu_.Await(absl::Condition(&resumed));

@@ -28,7 +28,9 @@ class GatedEngine : public core::Engine {
   explicit GatedEngine(std::unique_ptr<core::Engine> inner);
   ~GatedEngine() override;
 
-  // The engine thread will block after its next step until Resume().
+  // The engine thread will block after the first step in which a generation submitted after this
+  // call produced a token, until Resume(). (A step already under way, e.g. the last step of an
+  // earlier request whose result the test just received, never pauses.)
   void PauseAfterNextStep();
   // True once the engine thread is blocked (false after `timeout`).
   bool WaitUntilPaused(absl::Duration timeout = absl::Seconds(10));
@@ -106,6 +108,8 @@ class GatedEngine : public core::Engine {
   bool paused_ ABSL_GUARDED_BY(mu_) = false;
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t cancels_ ABSL_GUARDED_BY(mu_) = 0;
+  // A generation submitted while a pause was requested has produced a token.
+  bool gated_activity_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Thread-safe list of the server's log lines.
