@@ -185,9 +185,14 @@ class EngineImpl : public Engine {
     if (request.top_logprobs < 0 || request.top_logprobs > kMaxTopLogprobs) {
       return on_done(absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [0, ", kMaxTopLogprobs, "]")));
     }
-    PostTask([this, request = std::move(request), adapter, on_done = std::move(on_done)]() {
-      on_done(RunScore(request, adapter));
-    });
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutting_down_) return on_done(ShuttingDown());
+    }
+    auto done = std::make_shared<std::function<void(absl::StatusOr<ScoreResult>)>>(std::move(on_done));
+    if (!PostTask([this, request = std::move(request), adapter, done]() { (*done)(RunScore(request, adapter)); })) {
+      (*done)(ShuttingDown());
+    }
   }
 
   std::vector<int32_t> Tokenize(const std::string& text, bool add_special_tokens, bool parse_special) const override {
@@ -214,30 +219,41 @@ class EngineImpl : public Engine {
   std::vector<AdapterInfo> ListAdapters() const override { return registry_->List(); }
 
   void MergeAdapter(const std::string& name, std::function<void(absl::StatusOr<bool>)> done) override {
-    PostTask([this, name, done = std::move(done)] {
-      auto adapter = registry_->Get(name);
-      if (!adapter.ok()) return done(adapter.status());
-      absl::StatusOr<bool> merged = lora_->Merge(*adapter);
-      if (merged.ok()) (void)registry_->SetPinned(name, true);
-      done(merged);
-    });
+    auto cb = std::make_shared<std::function<void(absl::StatusOr<bool>)>>(std::move(done));
+    if (!PostTask([this, name, cb] {
+          auto adapter = registry_->Get(name);
+          if (!adapter.ok()) return (*cb)(adapter.status());
+          absl::StatusOr<bool> merged = lora_->Merge(*adapter);
+          if (merged.ok()) (void)registry_->SetPinned(name, true);
+          (*cb)(merged);
+        })) {
+      (*cb)(ShuttingDown());
+    }
   }
 
   void UnmergeAdapter(const std::string& name, std::function<void(absl::Status)> done) override {
-    PostTask([this, name, done = std::move(done)] {
-      if (!registry_->Contains(name)) return done(absl::NotFoundError(absl::StrCat("adapter ", name, " not found")));
-      absl::Status s = lora_->Unmerge(name);
-      if (s.ok()) (void)registry_->SetPinned(name, false);
-      done(s);
-    });
+    auto cb = std::make_shared<std::function<void(absl::Status)>>(std::move(done));
+    if (!PostTask([this, name, cb] {
+          if (!registry_->Contains(name)) {
+            return (*cb)(absl::NotFoundError(absl::StrCat("adapter ", name, " not found")));
+          }
+          absl::Status s = lora_->Unmerge(name);
+          if (s.ok()) (void)registry_->SetPinned(name, false);
+          (*cb)(s);
+        })) {
+      (*cb)(ShuttingDown());
+    }
   }
 
   void UnloadAll(std::function<void(absl::Status)> done) override {
-    PostTask([this, done = std::move(done)] {
-      lora_->UnmergeAll();
-      registry_->Clear();
-      done(absl::OkStatus());
-    });
+    auto cb = std::make_shared<std::function<void(absl::Status)>>(std::move(done));
+    if (!PostTask([this, cb] {
+          lora_->UnmergeAll();
+          registry_->Clear();
+          (*cb)(absl::OkStatus());
+        })) {
+      (*cb)(ShuttingDown());
+    }
   }
 
   void CombineAdapters(const std::string& name, const std::vector<std::string>& sources,
@@ -311,10 +327,15 @@ class EngineImpl : public Engine {
   }
 
  private:
-  void PostTask(std::function<void()> task) {
+  // Queues `task` for the engine thread between two steps. After the engine loop has ended the
+  // task cannot run: returns false (the caller answers Unavailable).
+  bool PostTask(std::function<void()> task) {
     absl::MutexLock lock(&mu_);
+    if (loop_exited_) return false;
     tasks_.push_back(std::move(task));
+    return true;
   }
+  static absl::Status ShuttingDown() { return absl::UnavailableError("server is shutting down"); }
 
   absl::StatusOr<ScoreResult> RunScore(const ScoreRequest& request,
                                        const std::shared_ptr<const LoraAdapter>& adapter) {
@@ -456,7 +477,19 @@ class EngineImpl : public Engine {
       for (auto& t : tasks) t();  // adapter mutations and scores, between two steps
       if (stop) break;
       Step(draining_expired);
+      absl::MutexLock lock(&mu_);
+      stats_.running = static_cast<int64_t>(running_.size());
+      stats_.kv_bytes_reserved = cache_->bytes_reserved();
     }
+    // Tasks posted while the loop was ending still run (they only touch adapter state); later ones
+    // are refused by PostTask.
+    std::deque<std::function<void()>> late;
+    {
+      absl::MutexLock lock(&mu_);
+      loop_exited_ = true;
+      late.swap(tasks_);
+    }
+    for (auto& t : late) t();
     // Fail whatever is left (only when the drain deadline passed).
     std::vector<std::shared_ptr<Sequence>> left = running_;
     running_.clear();
@@ -632,6 +665,7 @@ class EngineImpl : public Engine {
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  bool loop_exited_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_);
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   StepObserver observer_ ABSL_GUARDED_BY(mu_);

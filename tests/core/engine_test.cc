@@ -303,6 +303,22 @@ TEST_F(EngineTest, SingleAdapterPolicyAndShutdownDrains) {
   EXPECT_EQ(engine->stats().multi_adapter_steps, 0);
   Outcome z;
   EXPECT_THAT(engine->SubmitGenerate(Greedy("", {1}, 3), z.Callbacks()), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(engine->stats().running, 0);
+  EXPECT_EQ(engine->stats().kv_bytes_reserved, 0);
+  // Work that would need the (stopped) engine thread is answered at once, never left hanging.
+  absl::Notification merge_done, score_done;
+  engine->MergeAdapter("a", [&](absl::StatusOr<bool> r) {
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+    merge_done.Notify();
+  });
+  ScoreRequest req;
+  req.token_ids = {1, 2};
+  engine->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+    score_done.Notify();
+  });
+  EXPECT_TRUE(merge_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(score_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
 }
 
 TEST_F(EngineTest, CombineSaveExportAndUnloadAll) {
