@@ -217,6 +217,18 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
   int64_t bytes_ = 0;
 };
 
+// Records `name` as the call's adapter; then the engine if it is ready and `name` is a valid
+// adapter name (UNAVAILABLE / INVALID_ARGUMENT otherwise).
+absl::StatusOr<std::shared_ptr<core::Engine>> EngineForAdapter(ServiceEnv* env, RpcCall& call,
+                                                               const std::string& name) {
+  call.set_adapter(name);
+  absl::StatusOr<std::shared_ptr<core::Engine>> engine = env->engine.ForNewCall();
+  if (!engine.ok()) return engine.status();
+  absl::Status valid = ValidateAdapterName(name, "name");
+  if (!valid.ok()) return valid;
+  return engine;
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root, const std::string& relative) {
@@ -359,10 +371,8 @@ grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerCont
   auto* c = new UnaryCall(env_, context, "DeleteAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string& name = request->name();
-  c->call.set_adapter(name);
-  auto engine = env_->engine.ForNewCall();
+  auto engine = EngineForAdapter(env_, c->call, name);
   absl::Status s = engine.status();
-  if (s.ok()) s = ValidateAdapterName(name, "name");
   if (s.ok() && env_->book.IsLoading(name)) {
     s = absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is still loading"));
   }
@@ -382,10 +392,8 @@ grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerConte
   auto* c = new UnaryCall(env_, context, "MergeAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
-  c->call.set_adapter(name);
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = EngineForAdapter(env_, c->call, name);
   absl::Status s = engine_or.status();
-  if (s.ok()) s = ValidateAdapterName(name, "name");
   if (!s.ok()) {
     c->Finish(s);
     return reactor;
@@ -416,10 +424,8 @@ grpc::ServerUnaryReactor* AdapterService::UnmergeAdapter(grpc::CallbackServerCon
   auto* c = new UnaryCall(env_, context, "UnmergeAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
-  c->call.set_adapter(name);
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = EngineForAdapter(env_, c->call, name);
   absl::Status s = engine_or.status();
-  if (s.ok()) s = ValidateAdapterName(name, "name");
   if (!s.ok()) {
     c->Finish(s);
     return reactor;
@@ -470,10 +476,8 @@ grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerCo
   auto* c = new UnaryCall(env_, context, "CombineAdapters");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
-  c->call.set_adapter(name);
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = EngineForAdapter(env_, c->call, name);
   absl::Status s = engine_or.status();
-  if (s.ok()) s = ValidateAdapterName(name, "name");
   std::vector<std::string> sources;
   for (const auto& src : request->sources()) {
     if (s.ok()) s = ValidateAdapterName(src.name(), "sources.name");
@@ -513,10 +517,8 @@ grpc::ServerWriteReactor<pb::SaveAdapterResponse>* AdapterService::SaveAdapter(
     grpc::CallbackServerContext* context, const pb::SaveAdapterRequest* request) {
   auto* r = new FileStreamReactor<pb::SaveAdapterResponse>(env_, context, "SaveAdapter");
   const std::string name = request->name();
-  r->call().set_adapter(name);
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = EngineForAdapter(env_, r->call(), name);
   absl::Status s = engine_or.status();
-  if (s.ok()) s = ValidateAdapterName(name, "name");
   if (!s.ok()) {
     r->FinishWith(s);
     return r;
