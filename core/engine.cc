@@ -366,6 +366,10 @@ class EngineImpl : public Engine {
     });
   }
 
+  void DropRunning(const std::shared_ptr<Sequence>& s) {
+    running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+  }
+
   // Ends a sequence: frees its KV memory and reports.
   void Finish(const std::shared_ptr<Sequence>& s, absl::StatusOr<GenerationResult> result) {
     cache_->RemoveSequence(s->id);
@@ -569,7 +573,7 @@ class EngineImpl : public Engine {
       }
       if (!reserved.ok()) {
         // Even alone it does not fit the budget: fail it rather than loop forever.
-        running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+        DropRunning(s);
         Finish(s, absl::ResourceExhaustedError(absl::StrCat(
                       "the request needs more KV cache than the server's budget: ", reserved.message())));
         continue;
@@ -603,7 +607,7 @@ class EngineImpl : public Engine {
     const absl::Duration step_time = absl::Now() - t0;
     if (!logits.ok()) {
       for (auto& s : batch_seqs) {
-        running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+        DropRunning(s);
         Finish(s, logits.status());
       }
       return;
@@ -618,7 +622,7 @@ class EngineImpl : public Engine {
       s->prefilling = false;
       absl::StatusOr<TokenEvent> event = CallTorch("sampling", [&] { return s->generator->Step(cpu[static_cast<int64_t>(i)]); });
       if (!event.ok()) {
-        running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+        DropRunning(s);
         Finish(s, event.status());
         continue;
       }
@@ -626,7 +630,7 @@ class EngineImpl : public Engine {
       if (s->first_token == absl::InfinitePast()) s->first_token = absl::Now();
       if (s->callbacks.on_token) s->callbacks.on_token(*event);
       if (s->generator->finished()) {
-        running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+        DropRunning(s);
         Finish(s, std::move(s->generator->result()));
       } else {
         s->unfed.assign(1, event->id);

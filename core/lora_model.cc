@@ -105,7 +105,7 @@ class BatchHooks : public ForwardHooks {
   BatchHooks(const LoraModel::State& state, const LoraKernel& kernel,
              absl::Span<const SequenceInput> batch,
              const std::vector<std::shared_ptr<const LoraAdapter>>& adapters)
-      : state_(state), kernel_(kernel), adapters_(adapters) {
+      : state_(state), kernel_(kernel), adapters_(adapters), device_(state.original_embed.device()) {
     std::map<const LoraAdapter*, int> group_of;
     std::vector<std::vector<std::pair<int64_t, int64_t>>> ranges;
     int64_t row = 0;
@@ -309,7 +309,7 @@ class BatchHooks : public ForwardHooks {
   std::vector<int> row_group_;
   int64_t total_rows_ = 0;
   std::map<const LoraAdapter*, RowSet> not_of_;
-  at::Device device_ = at::kCPU;
+  const at::Device device_;  // the model's: row index tensors live there
 };
 
 }  // namespace

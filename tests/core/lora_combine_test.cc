@@ -26,10 +26,6 @@ using ::loraserve::testing::StatusIs;
 using ::testing::HasSubstr;
 using AdapterPtr = std::shared_ptr<const LoraAdapter>;
 
-double DeltaExcess(const at::Tensor& got, const at::Tensor& want) {
-  // atol 1e-5 + rtol 1e-4 (the fixtures' combined-delta tolerance)
-  return ((got - want).abs() - 1e-4 * want.abs()).max().item<double>();
-}
 
 class CombineFixtureTest : public ::testing::Test {
  protected:
@@ -76,7 +72,8 @@ TEST_F(CombineFixtureTest, EveryWeightedCaseMatchesPeft) {
     for (const LoraModule& m : combined->modules()) {
       const std::string key = "delta." + m.name + ".weight";
       ASSERT_TRUE(c.expected.count(key)) << key;
-      EXPECT_LE(DeltaExcess(m.Delta(), c.expected.at(key)), 1e-5) << key;
+      // atol 1e-5 + rtol 1e-4: the fixtures' combined-delta tolerance.
+      EXPECT_LE(AllcloseExcess(m.Delta(), c.expected.at(key)), 1e-5) << key;
       ++deltas;
     }
     EXPECT_EQ(deltas, static_cast<int>(std::count_if(c.expected.begin(), c.expected.end(), [](const auto& kv) {
