@@ -4,11 +4,15 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <mutex>
+#include <random>
 #include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/cord.h"
@@ -27,6 +31,7 @@ namespace fs = std::filesystem;
 namespace pb = ::loraserve::v1;
 
 constexpr char kRequestIdKey[] = "x-request-id";
+constexpr char kAuthorizationKey[] = "authorization";
 constexpr char kRetryAfterKey[] = "retry-after-ms";
 constexpr char kRequestIdPayload[] = "type.loraserve.dev/request-id";
 constexpr char kRetryAfterPayload[] = "type.loraserve.dev/retry-after-ms";
@@ -86,6 +91,7 @@ void ReadTrailers(const grpc::ClientContext& ctx, CallInfo* info) {
 AdapterInfo FromProto(const pb::Adapter& a) {
   AdapterInfo out;
   out.name = a.name();
+  out.checksum = a.checksum();
   switch (a.state()) {
     case pb::ADAPTER_STATE_LOADING: out.state = AdapterState::kLoading; break;
     case pb::ADAPTER_STATE_READY: out.state = AdapterState::kReady; break;
@@ -300,6 +306,29 @@ const char* FinishReasonName(FinishReason reason) {
   return "unspecified";
 }
 
+namespace {
+
+// Whether a failed attempt may be tried again (the call itself being idempotent).
+bool Retryable(const absl::Status& s) {
+  if (s.code() == absl::StatusCode::kUnavailable) return true;
+  return s.code() == absl::StatusCode::kResourceExhausted && RetryAfterOf(s).has_value();
+}
+
+// Delay before retry number `retry` (1 = the first retry).
+absl::Duration Backoff(const RetryPolicy& policy, int retry, std::optional<absl::Duration> server) {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  const double jitter = std::clamp(policy.jitter, 0.0, 1.0);
+  if (server.has_value()) {
+    return *server * std::uniform_real_distribution<double>(1.0, 1.0 + jitter)(rng);
+  }
+  absl::Duration d = policy.initial_backoff;
+  for (int i = 1; i < retry && d < policy.max_backoff; ++i) d = d * policy.multiplier;
+  d = std::min(d, policy.max_backoff);
+  return d * std::uniform_real_distribution<double>(1.0 - jitter, 1.0 + jitter)(rng);
+}
+
+}  // namespace
+
 struct Client::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
@@ -307,18 +336,29 @@ struct Client::Impl {
   std::unique_ptr<pb::AdapterService::Stub> adapters;
   std::unique_ptr<pb::InferenceService::Stub> inference;
 
-  void Prepare(grpc::ClientContext* ctx, const CallOptions& call) const {
-    const absl::Duration timeout =
-        call.timeout > absl::ZeroDuration() ? call.timeout : options.default_deadline;
-    ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  absl::Time DeadlineOf(const CallOptions& call) const {
+    return absl::Now() +
+           (call.timeout > absl::ZeroDuration() ? call.timeout : options.default_deadline);
+  }
+  int MaxAttempts(const CallOptions& call, bool idempotent) const {
+    if (!idempotent) return 1;
+    return std::max(1, call.max_attempts > 0 ? call.max_attempts : options.retry.max_attempts);
+  }
+
+  void Prepare(grpc::ClientContext* ctx, const CallOptions& call, absl::Time deadline) const {
+    ctx->set_deadline(absl::ToChronoTime(deadline));
     if (!call.request_id.empty()) ctx->AddMetadata(kRequestIdKey, call.request_id);
+    if (!options.bearer_token.empty()) {
+      ctx->AddMetadata(kAuthorizationKey, "Bearer " + options.bearer_token);
+    }
   }
 
   // The call's final status with the server's trailing metadata attached.
   static absl::Status Complete(const grpc::ClientContext& ctx, const grpc::Status& s,
-                               const CallOptions& call) {
+                               const CallOptions& call, int attempt) {
     CallInfo info;
     ReadTrailers(ctx, &info);
+    info.attempts = attempt;
     if (call.info != nullptr) *call.info = info;
     if (s.ok()) return absl::OkStatus();
     absl::Status out(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
@@ -330,32 +370,188 @@ struct Client::Impl {
     return out;
   }
 
+  // After failed attempt number `attempt`: sleeps the backoff and returns true when another
+  // attempt is allowed and fits before `deadline`.
+  bool WaitToRetry(const absl::Status& s, int attempt, int max_attempts, absl::Time deadline) const {
+    if (s.ok() || attempt >= max_attempts || !Retryable(s)) return false;
+    const absl::Duration delay = Backoff(options.retry, attempt, RetryAfterOf(s));
+    if (absl::Now() + delay >= deadline) return false;
+    absl::SleepFor(delay);
+    return true;
+  }
+
+  // Runs `attempt(ctx)` (which returns the grpc::Status of one attempt) with retries when
+  // `idempotent`.
+  template <typename Attempt>
+  absl::Status WithRetries(const CallOptions& call, bool idempotent, Attempt attempt) {
+    const absl::Time deadline = DeadlineOf(call);
+    const int max_attempts = MaxAttempts(call, idempotent);
+    for (int n = 1;; ++n) {
+      grpc::ClientContext ctx;
+      Prepare(&ctx, call, deadline);
+      absl::Status s = attempt(&ctx, n);
+      if (!WaitToRetry(s, n, max_attempts, deadline)) return s;
+    }
+  }
+
   template <typename Rpc, typename Request, typename Response>
-  absl::Status Unary(Rpc rpc, const Request& request, Response* response, const CallOptions& call) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, call);
-    grpc::Status s = rpc(&ctx, request, response);
-    return Complete(ctx, s, call);
+  absl::Status Unary(Rpc rpc, const Request& request, Response* response, const CallOptions& call,
+                     bool idempotent) {
+    return WithRetries(call, idempotent, [&](grpc::ClientContext* ctx, int n) {
+      response->Clear();
+      return Complete(*ctx, rpc(ctx, request, response), call, n);
+    });
   }
 
   template <typename Response>
   absl::StatusOr<std::vector<TransferredFile>> Download(
       grpc::ClientContext* ctx, grpc::ClientReaderInterface<Response>* reader,
-      const std::string& out_dir, const CallOptions& call) {
+      const std::string& out_dir, const CallOptions& call, const ProgressCallback& progress) {
     DirectoryWriter writer(out_dir);
     Response msg;
     absl::Status local;
+    TransferProgress p;
     while (reader->Read(&msg)) {
       if (!local.ok()) continue;  // drain after a local error; the call is being cancelled
+      if (msg.total_bytes() > 0) p.total_bytes = msg.total_bytes();
       local = writer.Add(msg.chunk());
-      if (!local.ok()) ctx->TryCancel();
+      if (!local.ok()) {
+        ctx->TryCancel();
+        continue;
+      }
+      if (progress) {
+        p.path = msg.chunk().path();
+        p.bytes_done += static_cast<int64_t>(msg.chunk().data().size());
+        p.total_bytes = std::max(p.total_bytes, p.bytes_done);
+        if (msg.chunk().eof()) ++p.files_done;
+        progress(p);
+      }
     }
-    absl::Status s = Complete(*ctx, reader->Finish(), call);
+    absl::Status s = Complete(*ctx, reader->Finish(), call, 1);
     if (!local.ok()) return local;
     if (!s.ok()) return s;
     return writer.Finish();
   }
 };
+
+namespace {
+
+// Client::StartGenerate's stream: one gRPC server stream per attempt; a seeded (or greedy)
+// generation is restarted while no token has arrived yet.
+class GenerateStreamImpl : public GenerateStream {
+ public:
+  GenerateStreamImpl(Client::Impl* impl, pb::GenerateRequest request, const CallOptions& call,
+                     bool idempotent)
+      : impl_(impl),
+        request_(std::move(request)),
+        call_(call),
+        deadline_(impl->DeadlineOf(call)),
+        max_attempts_(impl->MaxAttempts(call, idempotent)) {
+    StartAttempt();
+  }
+
+  ~GenerateStreamImpl() override {
+    if (reader_ != nullptr) {
+      ctx_->TryCancel();
+      pb::GenerateResponse msg;
+      while (reader_->Read(&msg)) {
+      }
+      reader_->Finish();
+    }
+  }
+
+  bool Next(GeneratedToken* token) override {
+    while (pending_ >= result_.tokens.size()) {
+      if (reader_ == nullptr) return false;
+      pb::GenerateResponse msg;
+      if (reader_->Read(&msg)) {
+        Absorb(msg);
+        continue;
+      }
+      absl::Status s = Client::Impl::Complete(*ctx_, reader_->Finish(), call_, attempt_);
+      reader_.reset();
+      if (result_.tokens.empty() && !cancelled_.load() &&
+          impl_->WaitToRetry(s, attempt_, max_attempts_, deadline_) && !cancelled_.load()) {
+        result_ = GenerateResult();
+        StartAttempt();
+        continue;
+      }
+      status_ = s;
+      return false;
+    }
+    *token = result_.tokens[pending_++];
+    return true;
+  }
+
+  absl::StatusOr<GenerateResult> Finish() override {
+    if (reader_ != nullptr) {
+      Cancel();
+      GeneratedToken t;
+      while (Next(&t)) {
+      }
+    }
+    if (cancelled_.load()) return absl::CancelledError("generation cancelled by the caller");
+    if (!status_.ok()) return status_;
+    return result_;
+  }
+
+  void Cancel() override {
+    cancelled_.store(true);
+    std::lock_guard<std::mutex> lock(ctx_mu_);
+    if (ctx_ != nullptr) ctx_->TryCancel();
+  }
+
+ private:
+  void StartAttempt() {
+    ++attempt_;
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    impl_->Prepare(ctx.get(), call_, deadline_);
+    {
+      std::lock_guard<std::mutex> lock(ctx_mu_);
+      ctx_ = std::move(ctx);
+      if (cancelled_.load()) ctx_->TryCancel();
+    }
+    reader_ = impl_->inference->Generate(ctx_.get(), request_);
+  }
+
+  void Absorb(const pb::GenerateResponse& msg) {
+    for (const auto& t : msg.tokens()) {
+      GeneratedToken token = TokenFromProto(t);
+      result_.text += token.text;
+      result_.tokens.push_back(std::move(token));
+    }
+    if (!msg.has_summary()) return;
+    const pb::GenerationSummary& s = msg.summary();
+    switch (s.finish_reason()) {
+      case pb::FINISH_REASON_LENGTH: result_.finish_reason = FinishReason::kLength; break;
+      case pb::FINISH_REASON_EOS: result_.finish_reason = FinishReason::kEos; break;
+      case pb::FINISH_REASON_STOP: result_.finish_reason = FinishReason::kStop; break;
+      default: result_.finish_reason = FinishReason::kUnspecified; break;
+    }
+    result_.stop_string = s.stop_string();
+    result_.prompt_tokens = s.prompt_tokens();
+    result_.completion_tokens = s.completion_tokens();
+    result_.seed = s.seed();
+    result_.queue_time_ms = s.queue_time_ms();
+    result_.time_to_first_token_ms = s.time_to_first_token_ms();
+  }
+
+  Client::Impl* impl_;
+  const pb::GenerateRequest request_;
+  const CallOptions call_;
+  const absl::Time deadline_;
+  const int max_attempts_;
+  int attempt_ = 0;
+  std::mutex ctx_mu_;  // guards replacing ctx_ against Cancel()
+  std::unique_ptr<grpc::ClientContext> ctx_;
+  std::unique_ptr<grpc::ClientReader<pb::GenerateResponse>> reader_;
+  std::atomic<bool> cancelled_{false};
+  GenerateResult result_;
+  size_t pending_ = 0;  // tokens of result_ not yet returned by Next
+  absl::Status status_;
+};
+
+}  // namespace
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
@@ -365,12 +561,42 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   if (options.upload_chunk_bytes <= 0) {
     return absl::InvalidArgumentError("upload_chunk_bytes must be positive");
   }
+  if (options.retry.max_attempts < 1 || options.retry.multiplier < 1 ||
+      options.retry.initial_backoff < absl::ZeroDuration() ||
+      options.retry.max_backoff < options.retry.initial_backoff || options.retry.jitter < 0 ||
+      options.retry.jitter > 1) {
+    return absl::InvalidArgumentError(
+        "retry policy needs max_attempts >= 1, multiplier >= 1, 0 <= initial_backoff <= "
+        "max_backoff and jitter in [0, 1]");
+  }
+  for (char c : options.bearer_token) {
+    if (c <= ' ' || c > '~') {
+      return absl::InvalidArgumentError("bearer token must be printable ASCII without spaces");
+    }
+  }
+  const TlsOptions& tls = options.tls;
+  if (tls.client_cert_pem.empty() != tls.client_key_pem.empty()) {
+    return absl::InvalidArgumentError("TLS client certificate and key go together");
+  }
+  if (!tls.enabled && (!tls.root_certs_pem.empty() || !tls.client_cert_pem.empty() ||
+                       !tls.server_name_override.empty())) {
+    return absl::InvalidArgumentError("TLS options given but TLS is not enabled");
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(options.max_receive_message_bytes, INT32_MAX)));
-  impl->channel = grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (tls.enabled) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = tls.root_certs_pem;
+    ssl.pem_cert_chain = tls.client_cert_pem;
+    ssl.pem_private_key = tls.client_key_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!tls.server_name_override.empty()) args.SetSslTargetNameOverride(tls.server_name_override);
+  }
+  impl->channel = grpc::CreateCustomChannel(options.address, creds, args);
   impl->health = grpc::health::v1::Health::NewStub(impl->channel);
   impl->adapters = pb::AdapterService::NewStub(impl->channel);
   impl->inference = pb::InferenceService::NewStub(impl->channel);
@@ -383,7 +609,7 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service, const C
   grpc::health::v1::HealthCheckResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->health->Check(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
   switch (resp.status()) {
     case grpc::health::v1::HealthCheckResponse::SERVING: return ServingStatus::kServing;
@@ -402,13 +628,16 @@ absl::StatusOr<AdapterInfo> Client::LoadAdapter(const std::string& name, const s
   pb::LoadAdapterResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->LoadAdapter(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
-  return FromProto(resp.adapter());
+  AdapterInfo out = FromProto(resp.adapter());
+  out.already_loaded = resp.already_loaded();
+  return out;
 }
 
 absl::StatusOr<AdapterInfo> Client::UploadAdapter(const std::string& name, const std::string& dir,
-                                                  const CallOptions& call) {
+                                                  const CallOptions& call,
+                                                  const ProgressCallback& progress) {
   // List and hash the files first: the server wants the total size up front.
   std::vector<std::string> files;
   std::error_code ec;
@@ -428,52 +657,66 @@ absl::StatusOr<AdapterInfo> Client::UploadAdapter(const std::string& name, const
   int64_t total = 0;
   for (const auto& f : files) total += static_cast<int64_t>(fs::file_size(fs::path(dir) / f, ec));
 
-  grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, call);
   pb::UploadAdapterResponse resp;
-  std::unique_ptr<grpc::ClientWriter<pb::UploadAdapterRequest>> writer =
-      impl_->adapters->UploadAdapter(&ctx, &resp);
-  pb::UploadAdapterRequest first;
-  first.set_name(name);
-  first.set_total_bytes(total);
-  bool open = writer->Write(first);
-  absl::Status local;
   std::string buf(static_cast<size_t>(impl_->options.upload_chunk_bytes), '\0');
-  for (size_t i = 0; open && local.ok() && i < files.size(); ++i) {
-    std::FILE* f = std::fopen((fs::path(dir) / files[i]).c_str(), "rb");
-    if (f == nullptr) {
-      local = absl::InvalidArgumentError(absl::StrCat("cannot read ", files[i]));
-      break;
-    }
-    Sha256 hash;
-    int64_t offset = 0;
-    while (open) {
-      const size_t n = std::fread(buf.data(), 1, buf.size(), f);
-      const bool eof = n < buf.size();
-      pb::UploadAdapterRequest msg;
-      pb::FileChunk* chunk = msg.mutable_chunk();
-      chunk->set_path(files[i]);
-      chunk->set_offset(offset);
-      chunk->set_data(buf.data(), n);
-      hash.Update(chunk->data());
-      offset += static_cast<int64_t>(n);
-      if (eof) {
-        chunk->set_eof(true);
-        chunk->set_size(offset);
-        chunk->set_sha256(hash.HexDigest());
+  // One attempt: the whole directory again (the server answers OK for an identical adapter that
+  // an earlier attempt loaded).
+  auto attempt = [&](grpc::ClientContext* ctx, int n) -> absl::Status {
+    resp.Clear();
+    std::unique_ptr<grpc::ClientWriter<pb::UploadAdapterRequest>> writer =
+        impl_->adapters->UploadAdapter(ctx, &resp);
+    pb::UploadAdapterRequest first;
+    first.set_name(name);
+    first.set_total_bytes(total);
+    bool open = writer->Write(first);
+    absl::Status local;
+    TransferProgress p;
+    p.total_bytes = total;
+    for (size_t i = 0; open && local.ok() && i < files.size(); ++i) {
+      std::FILE* f = std::fopen((fs::path(dir) / files[i]).c_str(), "rb");
+      if (f == nullptr) {
+        local = absl::InvalidArgumentError(absl::StrCat("cannot read ", files[i]));
+        break;
       }
-      // A file of an exact multiple of the chunk size ends with an empty eof chunk.
-      open = writer->Write(msg);
-      if (eof) break;
+      Sha256 hash;
+      int64_t offset = 0;
+      while (open) {
+        const size_t got = std::fread(buf.data(), 1, buf.size(), f);
+        const bool eof = got < buf.size();
+        pb::UploadAdapterRequest msg;
+        pb::FileChunk* chunk = msg.mutable_chunk();
+        chunk->set_path(files[i]);
+        chunk->set_offset(offset);
+        chunk->set_data(buf.data(), got);
+        hash.Update(chunk->data());
+        offset += static_cast<int64_t>(got);
+        if (eof) {
+          chunk->set_eof(true);
+          chunk->set_size(offset);
+          chunk->set_sha256(hash.HexDigest());
+        }
+        // A file of an exact multiple of the chunk size ends with an empty eof chunk.
+        open = writer->Write(msg);
+        if (open && progress) {
+          p.path = files[i];
+          p.bytes_done += static_cast<int64_t>(got);
+          if (eof) ++p.files_done;
+          progress(p);
+        }
+        if (eof) break;
+      }
+      std::fclose(f);
     }
-    std::fclose(f);
-  }
-  if (!local.ok()) ctx.TryCancel();
-  if (open) writer->WritesDone();
-  absl::Status s = impl_->Complete(ctx, writer->Finish(), call);
-  if (!local.ok()) return local;
+    if (!local.ok()) ctx->TryCancel();
+    if (open) writer->WritesDone();
+    absl::Status s = Impl::Complete(*ctx, writer->Finish(), call, n);
+    return local.ok() ? s : local;
+  };
+  absl::Status s = impl_->WithRetries(call, /*idempotent=*/true, attempt);
   if (!s.ok()) return s;
-  return FromProto(resp.adapter());
+  AdapterInfo out = FromProto(resp.adapter());
+  out.already_loaded = resp.already_loaded();
+  return out;
 }
 
 absl::StatusOr<AdapterInfo> Client::GetAdapter(const std::string& name, const CallOptions& call) {
@@ -482,7 +725,7 @@ absl::StatusOr<AdapterInfo> Client::GetAdapter(const std::string& name, const Ca
   pb::GetAdapterResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->GetAdapter(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
   return FromProto(resp.adapter());
 }
@@ -492,7 +735,7 @@ absl::StatusOr<std::vector<AdapterInfo>> Client::ListAdapters(const CallOptions&
   pb::ListAdaptersResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->ListAdapters(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
   std::vector<AdapterInfo> out;
   for (const auto& a : resp.adapters()) out.push_back(FromProto(a));
@@ -505,7 +748,7 @@ absl::Status Client::DeleteAdapter(const std::string& name, const CallOptions& c
   pb::DeleteAdapterResponse resp;
   return impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->DeleteAdapter(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/false);
 }
 
 absl::StatusOr<MergeResult> Client::MergeAdapter(const std::string& name, const CallOptions& call) {
@@ -514,7 +757,7 @@ absl::StatusOr<MergeResult> Client::MergeAdapter(const std::string& name, const 
   pb::MergeAdapterResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->MergeAdapter(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/false);
   if (!s.ok()) return s;
   MergeResult out;
   out.already_merged = resp.already_merged();
@@ -528,7 +771,7 @@ absl::StatusOr<AdapterInfo> Client::UnmergeAdapter(const std::string& name, cons
   pb::UnmergeAdapterResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->UnmergeAdapter(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/false);
   if (!s.ok()) return s;
   return FromProto(resp.adapter());
 }
@@ -538,7 +781,7 @@ absl::StatusOr<int> Client::UnloadAll(const CallOptions& call) {
   pb::UnloadAllResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->UnloadAll(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/false);
   if (!s.ok()) return s;
   return resp.deleted();
 }
@@ -570,41 +813,42 @@ absl::StatusOr<AdapterInfo> Client::CombineAdapters(const CombineRequest& reques
   pb::CombineAdaptersResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->CombineAdapters(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/false);
   if (!s.ok()) return s;
   return FromProto(resp.adapter());
 }
 
 absl::StatusOr<std::vector<TransferredFile>> Client::SaveAdapter(const std::string& name,
                                                                  const std::string& out_dir,
-                                                                 const CallOptions& call) {
+                                                                 const CallOptions& call,
+                                                                 const ProgressCallback& progress) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, call);
+  impl_->Prepare(&ctx, call, impl_->DeadlineOf(call));
   pb::SaveAdapterRequest req;
   req.set_name(name);
   auto reader = impl_->adapters->SaveAdapter(&ctx, req);
-  return impl_->Download(&ctx, reader.get(), out_dir, call);
+  return impl_->Download(&ctx, reader.get(), out_dir, call, progress);
 }
 
 absl::StatusOr<std::vector<TransferredFile>> Client::ExportMergedModel(
-    const std::vector<std::string>& adapters, const std::string& out_dir, const CallOptions& call) {
+    const std::vector<std::string>& adapters, const std::string& out_dir, const CallOptions& call,
+    const ProgressCallback& progress) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, call);
+  impl_->Prepare(&ctx, call, impl_->DeadlineOf(call));
   pb::ExportMergedModelRequest req;
   for (const auto& a : adapters) req.add_adapters(a);
   auto reader = impl_->adapters->ExportMergedModel(&ctx, req);
-  return impl_->Download(&ctx, reader.get(), out_dir, call);
+  return impl_->Download(&ctx, reader.get(), out_dir, call, progress);
 }
 
-absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request,
-                                                const TokenCallback& on_token,
-                                                const CallOptions& call) {
+std::unique_ptr<GenerateStream> Client::StartGenerate(const GenerateRequest& request,
+                                                      const CallOptions& call) {
   pb::GenerateRequest req;
   req.set_adapter(request.adapter);
   req.set_text(request.text);
@@ -620,46 +864,25 @@ absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request,
   so->set_ignore_eos(sp.ignore_eos);
   so->set_logprobs(sp.logprobs);
   so->set_top_logprobs(sp.top_logprobs);
+  // A seeded or greedy generation gives the same tokens again: safe to restart before the first.
+  const bool deterministic =
+      sp.seed.has_value() || (sp.temperature.has_value() && *sp.temperature == 0);
+  return std::make_unique<GenerateStreamImpl>(impl_.get(), std::move(req), call, deterministic);
+}
 
-  grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, call);
-  auto reader = impl_->inference->Generate(&ctx, req);
-  GenerateResult result;
-  bool cancelled = false;
-  pb::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-    if (cancelled) continue;
-    for (const auto& t : msg.tokens()) {
-      GeneratedToken token = TokenFromProto(t);
-      result.text += token.text;
-      const bool go_on = !on_token || on_token(token);
-      result.tokens.push_back(std::move(token));
-      if (!go_on) {
-        cancelled = true;
-        ctx.TryCancel();
-        break;
-      }
-    }
-    if (msg.has_summary()) {
-      const pb::GenerationSummary& s = msg.summary();
-      switch (s.finish_reason()) {
-        case pb::FINISH_REASON_LENGTH: result.finish_reason = FinishReason::kLength; break;
-        case pb::FINISH_REASON_EOS: result.finish_reason = FinishReason::kEos; break;
-        case pb::FINISH_REASON_STOP: result.finish_reason = FinishReason::kStop; break;
-        default: result.finish_reason = FinishReason::kUnspecified; break;
-      }
-      result.stop_string = s.stop_string();
-      result.prompt_tokens = s.prompt_tokens();
-      result.completion_tokens = s.completion_tokens();
-      result.seed = s.seed();
-      result.queue_time_ms = s.queue_time_ms();
-      result.time_to_first_token_ms = s.time_to_first_token_ms();
+absl::StatusOr<GenerateResult> Client::Generate(const GenerateRequest& request,
+                                                const TokenCallback& on_token,
+                                                const CallOptions& call) {
+  std::unique_ptr<GenerateStream> stream = StartGenerate(request, call);
+  GeneratedToken token;
+  while (stream->Next(&token)) {
+    if (on_token && !on_token(token)) {
+      stream->Cancel();
+      (void)stream->Finish();
+      return absl::CancelledError("generation cancelled by the token callback");
     }
   }
-  absl::Status s = impl_->Complete(ctx, reader->Finish(), call);
-  if (cancelled) return absl::CancelledError("generation cancelled by the token callback");
-  if (!s.ok()) return s;
-  return result;
+  return stream->Finish();
 }
 
 absl::StatusOr<ScoreResult> Client::Score(const ScoreRequest& request, const CallOptions& call) {
@@ -671,7 +894,7 @@ absl::StatusOr<ScoreResult> Client::Score(const ScoreRequest& request, const Cal
   pb::ScoreResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Score(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
   ScoreResult out;
   out.num_tokens = resp.num_tokens();
@@ -696,7 +919,7 @@ absl::StatusOr<std::vector<int32_t>> Client::Tokenize(const std::string& text,
   pb::TokenizeResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Tokenize(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
   return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
 }
@@ -709,7 +932,7 @@ absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& token
   pb::DetokenizeResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Detokenize(c, q, r); },
-      req, &resp, call);
+      req, &resp, call, /*idempotent=*/true);
   if (!s.ok()) return s;
   return resp.text();
 }

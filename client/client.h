@@ -23,16 +23,52 @@
 
 namespace loraserve {
 
+// When and how a failed call is tried again. Only idempotent calls are retried: Health,
+// GetAdapter, ListAdapters, Score, Tokenize, Detokenize, Generate with a seed before its first
+// token arrived, and LoadAdapter / UploadAdapter (the server answers OK for a name already loaded
+// with the same content checksum). They are retried on UNAVAILABLE, and on RESOURCE_EXHAUSTED
+// when the server attached a retry delay (`retry-after-ms` trailing metadata, a full queue).
+// Never retried: DeleteAdapter, MergeAdapter, UnmergeAdapter, UnloadAll, CombineAdapters,
+// SaveAdapter, ExportMergedModel, unseeded Generate, and any Generate after a token arrived.
+struct RetryPolicy {
+  // Attempts in all, the first included; 1 = never retry.
+  int max_attempts = 4;
+  // Delay before the first retry; multiplied by `multiplier` for each further one, capped at
+  // `max_backoff`. Each delay is then drawn uniformly from [delay·(1−jitter), delay·(1+jitter)].
+  // A server's retry delay replaces the computed one (jitter still applies, upwards only).
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+  double multiplier = 2.0;
+  double jitter = 0.2;
+};
+
+struct TlsOptions {
+  // Use TLS. With no root certificates given, the system's trust store is used.
+  bool enabled = false;
+  // PEM root certificate(s) to verify the server with (the contents, not a path).
+  std::string root_certs_pem;
+  // PEM client certificate chain and private key for mutual TLS (both or neither).
+  std::string client_cert_pem;
+  std::string client_key_pem;
+  // Expected name in the server's certificate when it differs from the address's host.
+  std::string server_name_override;
+};
+
 struct ClientOptions {
   // host:port of the server.
   std::string address = "127.0.0.1:50051";
   // Deadline of each call that does not set CallOptions::timeout (streams included: a long
-  // generation needs a longer one).
+  // generation needs a longer one). Retries happen within the same deadline.
   absl::Duration default_deadline = absl::Seconds(30);
   // Largest reply accepted, in bytes (full-logit Score replies can be large).
   int64_t max_receive_message_bytes = 256ll << 20;
   // Chunk size for UploadAdapter, in bytes.
   int64_t upload_chunk_bytes = 1 << 20;
+  RetryPolicy retry;
+  TlsOptions tls;
+  // Sent as `authorization: Bearer <token>` with every call when not empty (printable ASCII, no
+  // spaces).
+  std::string bearer_token;
 };
 
 // What the server told about one call (trailing metadata).
@@ -40,6 +76,8 @@ struct CallInfo {
   std::string request_id;
   // Set when the server asked the caller to wait before retrying (full queue).
   std::optional<absl::Duration> retry_after;
+  // Attempts made (1 = no retry).
+  int attempts = 0;
 };
 
 struct CallOptions {
@@ -47,9 +85,21 @@ struct CallOptions {
   absl::Duration timeout = absl::ZeroDuration();
   // Sent as `x-request-id` (1 to 128 characters of [A-Za-z0-9._:-]); empty = the server makes one.
   std::string request_id;
-  // If set, filled when the call ends (success or error).
+  // If set, filled when the call ends (success or error); about the last attempt.
   CallInfo* info = nullptr;
+  // 0 = ClientOptions::retry.max_attempts; 1 = no retry for this call.
+  int max_attempts = 0;
 };
+
+// Progress of a file transfer (UploadAdapter, SaveAdapter, ExportMergedModel).
+struct TransferProgress {
+  std::string path;         // the file being transferred
+  int64_t bytes_done = 0;   // over all files so far
+  int64_t total_bytes = 0;  // over all files
+  int files_done = 0;
+};
+// Called after each chunk, from the calling thread.
+using ProgressCallback = std::function<void(const TransferProgress& progress)>;
 
 // The request id / retry delay the server attached to a failed call ("" / nullopt if none).
 std::string RequestIdOf(const absl::Status& status);
@@ -73,6 +123,8 @@ const char* BaseModelMatchName(BaseModelMatch match);
 
 struct AdapterInfo {
   std::string name;
+  // SHA-256 identity of the adapter's files (see the proto); "" for combined adapters.
+  std::string checksum;
   AdapterState state = AdapterState::kUnspecified;
   Residency residency = Residency::kUnspecified;
   AdapterSource source = AdapterSource::kUnspecified;
@@ -87,6 +139,8 @@ struct AdapterInfo {
   BaseModelMatch base_model_match = BaseModelMatch::kUnspecified;
   std::vector<std::string> warnings;
   int64_t uses = 0;
+  // Load/Upload only: the name was already loaded with the same checksum (nothing changed).
+  bool already_loaded = false;
 };
 
 struct MergeResult {
@@ -173,6 +227,20 @@ struct GenerateResult {
 // returns Cancelled).
 using TokenCallback = std::function<bool(const GeneratedToken& token)>;
 
+// The iterator form of a streaming Generate: Client::StartGenerate. Not thread-safe (one reader);
+// destroying it before the end cancels the generation.
+class GenerateStream {
+ public:
+  virtual ~GenerateStream() = default;
+  // The next token; false when the stream has ended (then call Finish()).
+  virtual bool Next(GeneratedToken* token) = 0;
+  // The final status and the summary (`tokens` and `text` hold what Next returned). Cancelled if
+  // Cancel() was called. Call once, after Next returned false or after Cancel().
+  virtual absl::StatusOr<GenerateResult> Finish() = 0;
+  // Stops the generation; thread-safe.
+  virtual void Cancel() = 0;
+};
+
 struct ScoreRequest {
   std::string adapter;  // "" = base model
   std::vector<int32_t> token_ids;
@@ -205,7 +273,8 @@ class Client {
   // Sends every regular file below the local directory `dir` (with SHA-256s) and loads them.
   // InvalidArgument locally if `dir` has no files, too many, or untransferable names.
   absl::StatusOr<AdapterInfo> UploadAdapter(const std::string& name, const std::string& dir,
-                                            const CallOptions& call = {});
+                                            const CallOptions& call = {},
+                                            const ProgressCallback& progress = nullptr);
   absl::StatusOr<AdapterInfo> GetAdapter(const std::string& name, const CallOptions& call = {});
   absl::StatusOr<std::vector<AdapterInfo>> ListAdapters(const CallOptions& call = {});
   absl::Status DeleteAdapter(const std::string& name, const CallOptions& call = {});
@@ -217,18 +286,21 @@ class Client {
                                               const CallOptions& call = {});
   // Write the streamed files into the local directory `out_dir` (created if missing; existing
   // files of the same names are replaced). DataLoss if a file's SHA-256 does not match.
-  absl::StatusOr<std::vector<TransferredFile>> SaveAdapter(const std::string& name,
-                                                           const std::string& out_dir,
-                                                           const CallOptions& call = {});
+  absl::StatusOr<std::vector<TransferredFile>> SaveAdapter(
+      const std::string& name, const std::string& out_dir, const CallOptions& call = {},
+      const ProgressCallback& progress = nullptr);
   absl::StatusOr<std::vector<TransferredFile>> ExportMergedModel(
       const std::vector<std::string>& adapters, const std::string& out_dir,
-      const CallOptions& call = {});
+      const CallOptions& call = {}, const ProgressCallback& progress = nullptr);
 
   // --- InferenceService ---
   // Streams tokens to `on_token` (optional) as they are generated; returns the whole result.
   absl::StatusOr<GenerateResult> Generate(const GenerateRequest& request,
                                           const TokenCallback& on_token = nullptr,
                                           const CallOptions& call = {});
+  // The iterator form: starts the call and returns at once (errors surface in Next/Finish).
+  std::unique_ptr<GenerateStream> StartGenerate(const GenerateRequest& request,
+                                                const CallOptions& call = {});
   absl::StatusOr<ScoreResult> Score(const ScoreRequest& request, const CallOptions& call = {});
   absl::StatusOr<std::vector<int32_t>> Tokenize(const std::string& text, bool add_special_tokens,
                                                 bool parse_special = false,
@@ -237,8 +309,9 @@ class Client {
                                          bool skip_special_tokens = false,
                                          const CallOptions& call = {});
 
+  struct Impl;  // opaque
+
  private:
-  struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
