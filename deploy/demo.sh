@@ -12,7 +12,20 @@ SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+# Prints a command the way it could be typed (arguments with spaces or quotes in single quotes), then
+# runs it.
+run() {
+  local line='$' arg q="'"
+  for arg in "$@"; do
+    if [[ -z "$arg" || "$arg" =~ [^A-Za-z0-9_./:=,@%+-] ]]; then
+      line+=" '${arg//$q/$q\\$q$q}'"
+    else
+      line+=" $arg"
+    fi
+  done
+  printf '%s\n' "$line"
+  "$@"
+}
 
 ADAPTER_ROOT="$BUILD_DIR/default-adapters"  # PEFT adapters for the demo model, one dir each
 if [ ! -f "$MODEL/config.json" ] || [ ! -d "$ADAPTER_ROOT" ]; then
@@ -44,9 +57,11 @@ ctl() { run "$CTL" --addr "$ADDR" "$@"; }
 step "health (grpc.health.v1)"
 ctl health
 
-step "tokenize and generate with the base model (random weights: the text is noise)"
+step "tokenize, score and generate with the base model (random weights: the text is noise)"
 ctl tokenize "Once upon a time"
+ctl score --top_logprobs 2 "Once upon a time"
 ctl generate --max_new_tokens 24 --seed 7 "Once upon a time"
+ctl --json generate --max_new_tokens 4 --seed 7 --logprobs "Once upon a time"
 
 ADAPTERS=()
 for d in "$ADAPTER_ROOT"/*/; do [ -f "$d/adapter_config.json" ] && ADAPTERS+=("$(basename "$d")"); done
@@ -66,13 +81,25 @@ ctl adapters merge "$A"
 ctl generate --adapter "$A" --max_new_tokens 16 --temperature 0 "Once upon a time"
 ctl adapters unmerge "$A"
 
-step "upload a copy from the client side (chunks with SHA-256), delete it, unload everything"
-ctl adapters upload "${A}-copy" "$ADAPTER_ROOT/$A"
+if [ -d "$ADAPTER_ROOT/demo-qv" ] && [ -d "$ADAPTER_ROOT/demo-mlp" ]; then
+  step "combine two adapters (PEFT add_weighted_adapter, svd) and generate with the result"
+  ctl adapters combine demo-mix demo-qv:0.7 demo-mlp:0.3 --type svd
+  ctl generate --adapter demo-mix --max_new_tokens 16 --temperature 0 "Once upon a time"
+fi
+
+step "save $A into a local dir, upload that copy back (chunks with SHA-256), export a merged model"
+ctl adapters save "$A" "$WORK/saved-$A" --progress
+ctl adapters upload "${A}-copy" "$WORK/saved-$A" --progress
+ctl adapters list
+ctl adapters export "$WORK/merged-$A" "$A" --progress
+
+step "delete the copy, unload everything"
 ctl adapters delete "${A}-copy"
 ctl adapters unload-all
 
-step "errors carry gRPC codes (loractl exits with the code): an unknown adapter"
+step "errors carry gRPC codes (loractl exits with the code): an unknown adapter, human and --json"
 ctl adapters get no-such-adapter || echo "exit code $?"
+ctl --json adapters get no-such-adapter || echo "exit code $?"
 
 step "metrics (http://$METRICS/metrics)"
 ctl metrics --metrics_addr "$METRICS" loraserve_requests_total

@@ -11,7 +11,7 @@ PACKAGES=(
   libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libre2-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-grpcio python3-protobuf python3-numpy
-  curl
+  curl openssl
 )
 
 missing=()

@@ -1,5 +1,6 @@
-// What the gRPC layer knows about adapters beyond the engine: where each came from (for ListAdapters
-// and for removing upload directories when the adapter goes away) and which are still loading.
+// What the gRPC layer knows about adapters beyond the engine: where each came from and its content
+// checksum (for ListAdapters, idempotent loads, and removing upload directories when the adapter
+// goes away) and which are still loading.
 // Thread-safe.
 #ifndef LORASERVE_SERVER_ADAPTER_BOOK_H_
 #define LORASERVE_SERVER_ADAPTER_BOOK_H_
@@ -22,6 +23,8 @@ struct AdapterProvenance {
   AdapterOrigin origin = AdapterOrigin::kUnknown;
   std::string relative_path;  // kAdapterRoot: the directory relative to the adapter root
   std::string upload_dir;     // kUpload: the server directory holding the files (removed on delete)
+  // kAdapterRoot / kUpload: loraserve.v1.Adapter.checksum of the files loaded; "" otherwise.
+  std::string checksum;
 };
 
 class AdapterBook {

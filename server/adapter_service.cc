@@ -31,6 +31,34 @@ pb::Adapter Describe(const ServiceEnv& env, const core::Engine& engine, const co
   return AdapterToProto(info, env.book.Find(info.name), env.config.adapter_root, engine.model_name());
 }
 
+// Whether `name` is already loaded with the content `checksum` (an error when the given files have
+// none, e.g. one is missing): the existing adapter's description when it is (a retried call);
+// nullopt when no adapter has the name; AlreadyExists when the name holds other content.
+absl::StatusOr<std::optional<pb::Adapter>> AlreadyLoaded(const ServiceEnv& env,
+                                                         const core::Engine& engine,
+                                                         const std::string& name,
+                                                         const absl::StatusOr<std::string>& checksum) {
+  absl::StatusOr<core::AdapterInfo> info = engine.GetAdapter(name);
+  if (!info.ok()) return std::optional<pb::Adapter>();
+  const std::optional<AdapterProvenance> p = env.book.Find(name);
+  const std::string existing = p.has_value() ? p->checksum : std::string();
+  if (existing.empty()) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "adapter ", name, " already exists and has no checksum (a combined adapter)"));
+  }
+  if (!checksum.ok()) {
+    return absl::AlreadyExistsError(absl::StrCat("adapter ", name,
+                                                 " already exists; the given files have no checksum (",
+                                                 checksum.status().message(), ")"));
+  }
+  if (*checksum != existing) {
+    return absl::AlreadyExistsError(absl::StrCat("adapter ", name,
+                                                 " already exists with a different checksum (loaded ",
+                                                 existing, ", given ", *checksum, ")"));
+  }
+  return std::optional<pb::Adapter>(Describe(env, engine, *info));
+}
+
 // Removes the upload directories of adapters that no longer exist (on the pool: file I/O).
 void RemoveUploads(ServiceEnv* env, const std::vector<AdapterProvenance>& gone) {
   std::vector<std::string> dirs;
@@ -51,7 +79,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
   UploadReactor(ServiceEnv* env, grpc::CallbackServerContext* context,
                 pb::UploadAdapterResponse* response)
       : env_(env), call_(env, context, "UploadAdapter"), response_(response) {
-    auto engine = env_->engine.ForNewCall();
+    auto engine = call_.Admit();
     if (!engine.ok()) {
       Fail(engine.status());
       return;
@@ -97,12 +125,13 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
                                                          " bytes exceeds the server's limit of ",
                                                          env_->config.max_upload_bytes, " bytes"));
       }
-      if (engine_->GetAdapter(name_).ok()) {
-        return absl::AlreadyExistsError(absl::StrCat("adapter ", name_, " already exists"));
+      // A name already taken is compared by checksum once the files are in (the same content is a
+      // retried call); a free one is reserved now, so that it lists as LOADING.
+      if (!engine_->GetAdapter(name_).ok()) {
+        s = env_->book.BeginLoad(name_);
+        if (!s.ok()) return s;
+        reserved_ = true;
       }
-      s = env_->book.BeginLoad(name_);
-      if (!s.ok()) return s;
-      reserved_ = true;
       auto dir = MakeUniqueDir(env_->config.upload_dir, "upload-");
       if (!dir.ok()) return dir.status();
       dir_ = *dir;
@@ -118,6 +147,25 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
   void Complete() {
     absl::Status s = writer_->Finish(total_);
     if (!s.ok()) return Fail(s);
+    // The files' SHA-256s were verified as they arrived.
+    const absl::StatusOr<std::string> checksum = AdapterChecksum(writer_->sha256s());
+    if (!reserved_) {
+      absl::StatusOr<std::optional<pb::Adapter>> same = AlreadyLoaded(*env_, *engine_, name_, checksum);
+      if (!same.ok()) return Fail(same.status());
+      if (same->has_value()) {
+        // Nothing to load; the copy goes.
+        writer_.reset();
+        RemoveTree(dir_);
+        response_->set_already_loaded(true);
+        *response_->mutable_adapter() = **std::move(same);
+        Finish(call_.Complete(absl::OkStatus()));
+        return;
+      }
+      // The adapter was deleted while the files arrived: load them after all.
+      s = env_->book.BeginLoad(name_);
+      if (!s.ok()) return Fail(s);
+      reserved_ = true;
+    }
     const absl::Time start = absl::Now();
     absl::StatusOr<core::AdapterInfo> info = engine_->LoadAdapter(name_, dir_);
     env_->metrics->RecordAdapterLoad(absl::Now() - start);
@@ -125,12 +173,15 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
     AdapterProvenance p;
     p.origin = AdapterOrigin::kUpload;
     p.upload_dir = dir_;
+    p.checksum = checksum.ok() ? *checksum : std::string();
     env_->book.EndLoad(name_, std::move(p));
     reserved_ = false;
     *response_->mutable_adapter() = Describe(*env_, *engine_, *info);
     call_.LogEvent("adapter_loaded",
-                   absl::StrFormat("name=%s source=upload bytes=%d files_bytes=%d load_ms=%.1f",
-                                   name_, info->bytes, writer_->total_bytes(),
+                   absl::StrFormat("name=%s source=upload checksum=%s bytes=%d files_bytes=%d "
+                                   "load_ms=%.1f",
+                                   name_, response_->adapter().checksum(), info->bytes,
+                                   writer_->total_bytes(),
                                    absl::ToDoubleMilliseconds(absl::Now() - start)));
     Finish(call_.Complete(absl::OkStatus()));
   }
@@ -205,6 +256,9 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
       call_.LogEvent("files_sent", absl::StrCat("bytes=", bytes_));
       return FinishWith(absl::OkStatus());
     }
+    // The first message announces the size of everything (for the caller's progress).
+    response_.set_total_bytes(first_sent_ ? 0 : reader_->total_bytes());
+    first_sent_ = true;
     bytes_ += static_cast<int64_t>(response_.chunk().data().size());
     this->StartWrite(&response_);
   }
@@ -215,14 +269,14 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
   std::unique_ptr<DirectoryReader> reader_;
   Response response_;
   int64_t bytes_ = 0;
+  bool first_sent_ = false;
 };
 
-// Records `name` as the call's adapter; then the engine if it is ready and `name` is a valid
-// adapter name (UNAVAILABLE / INVALID_ARGUMENT otherwise).
-absl::StatusOr<std::shared_ptr<core::Engine>> EngineForAdapter(ServiceEnv* env, RpcCall& call,
-                                                               const std::string& name) {
+// Records `name` as the call's adapter; then the engine if the caller is admitted and `name` is a
+// valid adapter name (UNAUTHENTICATED / UNAVAILABLE / INVALID_ARGUMENT otherwise).
+absl::StatusOr<std::shared_ptr<core::Engine>> EngineForAdapter(RpcCall& call, const std::string& name) {
   call.set_adapter(name);
-  absl::StatusOr<std::shared_ptr<core::Engine>> engine = env->engine.ForNewCall();
+  absl::StatusOr<std::shared_ptr<core::Engine>> engine = call.Admit();
   if (!engine.ok()) return engine.status();
   absl::Status valid = ValidateAdapterName(name, "name");
   if (!valid.ok()) return valid;
@@ -265,7 +319,7 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
   auto* c = new UnaryCall(env_, context, "LoadAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   c->call.set_adapter(request->name());
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = c->call.Admit();
   if (!engine_or.ok()) {
     c->Finish(engine_or.status());
     return reactor;
@@ -279,17 +333,33 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
     return reactor;
   }
   const std::string name = request->name();
-  if (engine->GetAdapter(name).ok()) {
-    c->Finish(absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already exists")));
-    return reactor;
+  // A name already taken is compared by checksum on the pool (file I/O); a free one is reserved
+  // now, so that it lists as LOADING.
+  bool reserved = false;
+  if (!engine->GetAdapter(name).ok()) {
+    absl::Status s = env_->book.BeginLoad(name);
+    if (!s.ok()) {
+      c->Finish(s);
+      return reactor;
+    }
+    reserved = true;
   }
-  absl::Status reserved = env_->book.BeginLoad(name);
-  if (!reserved.ok()) {
-    c->Finish(reserved);
-    return reactor;
-  }
-  env_->pool->Post([c, engine, name, dir = *dir, response] {
+  env_->pool->Post([c, engine, name, dir = *dir, response, reserved] {
     ServiceEnv* env = c->env;
+    const absl::StatusOr<std::string> checksum = AdapterChecksumOfDir(dir);
+    if (!reserved) {
+      absl::StatusOr<std::optional<pb::Adapter>> same = AlreadyLoaded(*env, *engine, name, checksum);
+      if (!same.ok()) return c->Finish(same.status());
+      if (same->has_value()) {
+        response->set_already_loaded(true);
+        *response->mutable_adapter() = **std::move(same);
+        return c->Finish(absl::OkStatus());
+      }
+      // Deleted in the meantime: load it after all.
+      absl::Status s = env->book.BeginLoad(name);
+      if (!s.ok()) return c->Finish(s);
+    }
+    // A checksum error (a missing file) is left to the loader, whose message says more.
     const absl::Time start = absl::Now();
     absl::StatusOr<core::AdapterInfo> info = engine->LoadAdapter(name, dir);
     const absl::Duration took = absl::Now() - start;
@@ -302,12 +372,15 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
     AdapterProvenance p;
     p.origin = AdapterOrigin::kAdapterRoot;
     p.relative_path = RelativeTo(dir, env->config.adapter_root).value_or("");
+    p.checksum = checksum.ok() ? *checksum : std::string();
     const std::string rel = p.relative_path;
     env->book.EndLoad(name, std::move(p));
     *response->mutable_adapter() = Describe(*env, *engine, *info);
     c->call.LogEvent("adapter_loaded",
-                     absl::StrFormat("name=%s source=adapter_root path=%s bytes=%d load_ms=%.1f", name,
-                                     LogValue(rel), info->bytes, absl::ToDoubleMilliseconds(took)));
+                     absl::StrFormat("name=%s source=adapter_root path=%s checksum=%s bytes=%d "
+                                     "load_ms=%.1f",
+                                     name, LogValue(rel), response->adapter().checksum(), info->bytes,
+                                     absl::ToDoubleMilliseconds(took)));
     c->Finish(absl::OkStatus());
   });
   return reactor;
@@ -324,7 +397,7 @@ grpc::ServerUnaryReactor* AdapterService::GetAdapter(grpc::CallbackServerContext
   auto* c = new UnaryCall(env_, context, "GetAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   c->call.set_adapter(request->name());
-  auto engine = env_->engine.ForNewCall();
+  auto engine = c->call.Admit();
   absl::Status s = engine.status();
   if (s.ok()) s = ValidateAdapterName(request->name(), "name");
   if (s.ok()) {
@@ -345,7 +418,7 @@ grpc::ServerUnaryReactor* AdapterService::ListAdapters(grpc::CallbackServerConte
                                                        pb::ListAdaptersResponse* response) {
   auto* c = new UnaryCall(env_, context, "ListAdapters");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  auto engine = env_->engine.ForNewCall();
+  auto engine = c->call.Admit();
   if (engine.ok()) {
     std::vector<pb::Adapter> all;
     std::set<std::string> listed;
@@ -371,7 +444,7 @@ grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerCont
   auto* c = new UnaryCall(env_, context, "DeleteAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string& name = request->name();
-  auto engine = EngineForAdapter(env_, c->call, name);
+  auto engine = EngineForAdapter(c->call, name);
   absl::Status s = engine.status();
   if (s.ok() && env_->book.IsLoading(name)) {
     s = absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is still loading"));
@@ -392,7 +465,7 @@ grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerConte
   auto* c = new UnaryCall(env_, context, "MergeAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
-  auto engine_or = EngineForAdapter(env_, c->call, name);
+  auto engine_or = EngineForAdapter(c->call, name);
   absl::Status s = engine_or.status();
   if (!s.ok()) {
     c->Finish(s);
@@ -424,7 +497,7 @@ grpc::ServerUnaryReactor* AdapterService::UnmergeAdapter(grpc::CallbackServerCon
   auto* c = new UnaryCall(env_, context, "UnmergeAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
-  auto engine_or = EngineForAdapter(env_, c->call, name);
+  auto engine_or = EngineForAdapter(c->call, name);
   absl::Status s = engine_or.status();
   if (!s.ok()) {
     c->Finish(s);
@@ -452,7 +525,7 @@ grpc::ServerUnaryReactor* AdapterService::UnloadAll(grpc::CallbackServerContext*
                                                     pb::UnloadAllResponse* response) {
   auto* c = new UnaryCall(env_, context, "UnloadAll");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = c->call.Admit();
   if (!engine_or.ok()) {
     c->Finish(engine_or.status());
     return reactor;
@@ -476,7 +549,7 @@ grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerCo
   auto* c = new UnaryCall(env_, context, "CombineAdapters");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
-  auto engine_or = EngineForAdapter(env_, c->call, name);
+  auto engine_or = EngineForAdapter(c->call, name);
   absl::Status s = engine_or.status();
   std::vector<std::string> sources;
   for (const auto& src : request->sources()) {
@@ -517,7 +590,7 @@ grpc::ServerWriteReactor<pb::SaveAdapterResponse>* AdapterService::SaveAdapter(
     grpc::CallbackServerContext* context, const pb::SaveAdapterRequest* request) {
   auto* r = new FileStreamReactor<pb::SaveAdapterResponse>(env_, context, "SaveAdapter");
   const std::string name = request->name();
-  auto engine_or = EngineForAdapter(env_, r->call(), name);
+  auto engine_or = EngineForAdapter(r->call(), name);
   absl::Status s = engine_or.status();
   if (!s.ok()) {
     r->FinishWith(s);
@@ -535,7 +608,7 @@ grpc::ServerWriteReactor<pb::ExportMergedModelResponse>* AdapterService::ExportM
   auto* r = new FileStreamReactor<pb::ExportMergedModelResponse>(env_, context, "ExportMergedModel");
   std::vector<std::string> names(request->adapters().begin(), request->adapters().end());
   r->call().set_adapter(absl::StrJoin(names, ","));
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = r->call().Admit();
   absl::Status s = engine_or.status();
   if (s.ok() && static_cast<int>(names.size()) > kMaxExportAdapters) {
     s = absl::InvalidArgumentError(absl::StrCat("at most ", kMaxExportAdapters, " adapters"));

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -38,6 +39,38 @@ std::string Sha256::HexDigest() {
     out += kHex[digest[i] & 15];
   }
   return out;
+}
+
+absl::StatusOr<std::string> AdapterChecksum(const std::map<std::string, std::string>& file_sha256) {
+  Sha256 hash;
+  for (const char* file : kAdapterChecksumFiles) {
+    auto it = file_sha256.find(file);
+    if (it == file_sha256.end()) return absl::NotFoundError(absl::StrCat(file, " not found"));
+    hash.Update(absl::StrCat(file, " ", it->second, "\n"));
+  }
+  return hash.HexDigest();
+}
+
+absl::StatusOr<std::string> AdapterChecksumOfDir(const std::string& dir) {
+  std::map<std::string, std::string> digests;
+  std::string buf(1 << 16, '\0');
+  for (const char* file : kAdapterChecksumFiles) {
+    std::FILE* f = std::fopen(absl::StrCat(dir, "/", file).c_str(), "rb");
+    if (f == nullptr) {
+      if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(file, " not found"));
+      return absl::InternalError(absl::StrCat("cannot open ", file, ": ", std::strerror(errno)));
+    }
+    Sha256 hash;
+    size_t n;
+    while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) {
+      hash.Update(absl::string_view(buf.data(), n));
+    }
+    const bool failed = std::ferror(f) != 0;
+    std::fclose(f);
+    if (failed) return absl::InternalError(absl::StrCat("reading ", file, " failed"));
+    digests[file] = hash.HexDigest();
+  }
+  return AdapterChecksum(digests);
 }
 
 absl::Status ValidateTransferPath(absl::string_view path) {
@@ -139,6 +172,7 @@ absl::Status UploadWriter::Add(const loraserve::v1::FileChunk& chunk) {
   }
   f.f = nullptr;
   done_[path] = f.size;
+  sha256s_[path] = digest;
   current_.reset();
   return absl::OkStatus();
 }
@@ -167,6 +201,9 @@ absl::StatusOr<std::unique_ptr<DirectoryReader>> DirectoryReader::Open(const std
     std::string rel = fs::relative(it->path(), dir, ec).generic_string();
     absl::Status valid = ValidateTransferPath(rel);
     if (!valid.ok()) return valid;
+    const std::uintmax_t size = it->file_size(ec);
+    if (ec) break;
+    r->total_bytes_ += static_cast<int64_t>(size);
     r->files_.push_back(std::move(rel));
   }
   if (ec) return absl::InternalError(absl::StrCat("cannot list output files: ", ec.message()));

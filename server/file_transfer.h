@@ -36,6 +36,18 @@ class Sha256 {
   std::unique_ptr<Ctx> ctx_;
 };
 
+// The files that identify a PEFT adapter, in checksum order.
+inline constexpr const char* kAdapterChecksumFiles[] = {"adapter_config.json",
+                                                        "adapter_model.safetensors"};
+
+// loraserve.v1.Adapter.checksum: SHA-256 (lowercase hex) over the lines "<path> <sha256>\n" of
+// kAdapterChecksumFiles, from `file_sha256` (SHA-256 hex digests keyed by path relative to the
+// adapter directory, e.g. an upload's). NotFound naming the file if one is missing.
+absl::StatusOr<std::string> AdapterChecksum(const std::map<std::string, std::string>& file_sha256);
+// The same over the files in `dir` (blocking reads). NotFound if a file is missing, Internal if it
+// cannot be read.
+absl::StatusOr<std::string> AdapterChecksumOfDir(const std::string& dir);
+
 // OK when `path` is 1 to 4 '/'-separated components, each 1 to 255 characters of [A-Za-z0-9._-]
 // not starting with '.'; InvalidArgument otherwise.
 absl::Status ValidateTransferPath(absl::string_view path);
@@ -55,6 +67,8 @@ class UploadWriter {
   // OK when every file ended and `expected_total` (if > 0) bytes arrived. InvalidArgument otherwise.
   absl::Status Finish(int64_t expected_total);
   int64_t total_bytes() const { return total_; }
+  // The verified SHA-256 (hex) of every ended file, keyed by path.
+  const std::map<std::string, std::string>& sha256s() const { return sha256s_; }
 
  private:
   struct OpenFile;
@@ -63,6 +77,7 @@ class UploadWriter {
   int64_t total_ = 0;
   std::unique_ptr<OpenFile> current_;
   std::map<std::string, int64_t> done_;  // ended files and their sizes
+  std::map<std::string, std::string> sha256s_;
 };
 
 class DirectoryReader {
@@ -75,11 +90,14 @@ class DirectoryReader {
 
   // The next chunk; false once every file has been sent. Internal on read errors.
   absl::StatusOr<bool> Next(loraserve::v1::FileChunk* chunk);
+  // The size of all files together, as listed by Open.
+  int64_t total_bytes() const { return total_bytes_; }
 
  private:
   DirectoryReader() = default;
   std::string dir_;
   int64_t chunk_bytes_ = 0;
+  int64_t total_bytes_ = 0;
   std::vector<std::string> files_;
   size_t index_ = 0;
   std::FILE* file_ = nullptr;

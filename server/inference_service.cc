@@ -80,7 +80,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
  private:
   void Start(const pb::GenerateRequest& request) {
     call_.set_adapter(request.adapter());
-    auto engine_or = env_->engine.ForNewCall();
+    auto engine_or = call_.Admit();
     if (!engine_or.ok()) return FinishEarly(engine_or.status());
     std::shared_ptr<core::Engine> engine = *std::move(engine_or);
 
@@ -260,7 +260,7 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
   auto* c = new UnaryCall(env_, context, "Score");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   c->call.set_adapter(request->adapter());
-  auto engine_or = env_->engine.ForNewCall();
+  auto engine_or = c->call.Admit();
   if (!engine_or.ok()) {
     c->Finish(engine_or.status());
     return reactor;
@@ -326,7 +326,7 @@ grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext
                                                      pb::TokenizeResponse* response) {
   auto* c = new UnaryCall(env_, context, "Tokenize");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  auto engine = env_->engine.ForNewCall();
+  auto engine = c->call.Admit();
   if (!engine.ok()) {
     c->Finish(engine.status());
     return reactor;
@@ -344,7 +344,7 @@ grpc::ServerUnaryReactor* InferenceService::Detokenize(grpc::CallbackServerConte
                                                        pb::DetokenizeResponse* response) {
   auto* c = new UnaryCall(env_, context, "Detokenize");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  auto engine = env_->engine.ForNewCall();
+  auto engine = c->call.Admit();
   if (!engine.ok()) {
     c->Finish(engine.status());
     return reactor;

@@ -64,6 +64,17 @@ ABSL_FLAG(int64_t, max_message_bytes, int64_t{64} << 20,
           "largest gRPC message in bytes; Score replies beyond it are refused");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "on SIGTERM/SIGINT, how long in-flight requests may run before the server stops");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain for TLS on the gRPC port (with --tls_key_file; both or neither; "
+          "/metrics stays plain HTTP)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS); "
+          "needs --tls_cert_file and --tls_key_file");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens, one per line (blank lines and # comments ignored): every "
+          "loraserve.v1 call must send `authorization: Bearer <token>` with one of them, else "
+          "UNAUTHENTICATED; health and reflection stay open. Empty = no authentication");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound gRPC port is written to this file once the server is ready");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -147,6 +158,10 @@ int main(int argc, char** argv) {
   options.upload_dir = absl::GetFlag(FLAGS_upload_dir);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   auto server = loraserve::server::Server::Start(options);
   if (!server.ok()) {
     Log(server.status().ToString());

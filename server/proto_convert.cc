@@ -100,6 +100,7 @@ pb::Adapter AdapterToProto(const core::AdapterInfo& info,
   }
   for (const auto& w : info.warnings) a.add_warnings(w);
   a.set_uses(info.uses);
+  if (provenance) a.set_checksum(provenance->checksum);
   return a;
 }
 

@@ -12,10 +12,12 @@
 #include "absl/time/clock.h"
 #include "core/engine.h"
 #include "server/adapter_service.h"
+#include "server/auth.h"
 #include "server/file_transfer.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/service_env.h"
+#include "server/tls.h"
 #include "server/work_pool.h"
 
 namespace loraserve::server {
@@ -29,6 +31,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->env_ = std::make_unique<ServiceEnv>();
   ServiceEnv& env = *s->env_;
   env.logger = Logger(options.log_sink);
+
+  // Credentials and tokens first: a bad file must fail before anything is bound or created.
+  TlsFiles tls;
+  tls.cert_file = options.tls_cert_file;
+  tls.key_file = options.tls_key_file;
+  tls.client_ca_file = options.tls_client_ca_file;
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
+      ServerCredentialsFromFiles(tls);
+  if (!credentials.ok()) return credentials.status();
+  if (!options.auth_tokens_file.empty()) {
+    absl::StatusOr<std::unique_ptr<BearerTokenAuth>> auth =
+        BearerTokenAuth::FromFile(options.auth_tokens_file);
+    if (!auth.ok()) return auth.status();
+    env.auth = *std::move(auth);
+  }
 
   std::error_code ec;
   if (!options.adapter_root.empty()) {
@@ -80,7 +97,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // Server reflection (grpc.reflection.v1alpha) so grpcurl-style tools can discover the API.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   const int max_message = static_cast<int>(std::min<int64_t>(options.max_message_bytes, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
@@ -92,8 +109,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", options.listen_address));
   }
   s->SetServing(false);
-  env.logger.Log(absl::StrFormat("event=listening port=%d metrics_port=%d", s->port_,
-                                 s->metrics_->http_port()));
+  env.logger.Log(absl::StrFormat(
+      "event=listening port=%d metrics_port=%d tls=%s auth=%s", s->port_, s->metrics_->http_port(),
+      options.tls_cert_file.empty() ? "off" : options.tls_client_ca_file.empty() ? "on" : "mutual",
+      env.auth == nullptr ? "off" : absl::StrCat("bearer(", env.auth->size(), " tokens)")));
   return s;
 }
 

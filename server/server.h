@@ -55,6 +55,17 @@ struct ServerOptions {
   int max_adapter_labels = 32;
   // Threads for blocking file work (adapter loads, uploads, file streaming).
   int io_threads = 2;
+  // TLS on the gRPC port (/metrics stays plain HTTP): PEM certificate chain and private key files,
+  // both or neither (neither = plaintext).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA certificate(s) file: clients must present a certificate it signed (mutual TLS). Needs
+  // the two above.
+  std::string tls_client_ca_file;
+  // Bearer tokens file, one per line (blank lines and lines starting with # ignored): every
+  // loraserve.v1 call must then carry `authorization: Bearer <token>` with one of them, else
+  // UNAUTHENTICATED. grpc.health.v1 and reflection stay open. "" = no authentication.
+  std::string auth_tokens_file;
   // Where access and event log lines go; null = stderr.
   LogSink log_sink;
 };
@@ -62,7 +73,9 @@ struct ServerOptions {
 class Server {
  public:
   // Binds and starts serving (health NOT_SERVING). InvalidArgument if an address cannot be bound,
-  // the adapter root is not a directory, or the upload directory cannot be created.
+  // the adapter root is not a directory, the upload directory cannot be created, a TLS file is
+  // missing, unreadable or invalid (or only one of certificate and key is given), or the auth
+  // tokens file is missing, unreadable or has no token.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
   ~Server();
 

@@ -1,5 +1,6 @@
 #include "server/service_env.h"
 
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -63,6 +64,18 @@ RpcCall::RpcCall(ServiceEnv* env, grpc::CallbackServerContext* context, const ch
     if (ValidRequestId(given)) request_id_ = std::string(given);
   }
   if (request_id_.empty()) request_id_ = NewRequestId();
+}
+
+absl::StatusOr<std::shared_ptr<core::Engine>> RpcCall::Admit() {
+  if (env_->auth != nullptr) {
+    const auto& md = context_->client_metadata();
+    auto it = md.find(kAuthorizationKey);
+    std::optional<absl::string_view> authorization;
+    if (it != md.end()) authorization = absl::string_view(it->second.data(), it->second.size());
+    absl::Status s = env_->auth->Check(authorization);
+    if (!s.ok()) return s;
+  }
+  return env_->engine.ForNewCall();
 }
 
 void RpcCall::LogEvent(absl::string_view event, absl::string_view fields) const {

@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/adapter_book.h"
+#include "server/auth.h"
 #include "server/grpc_status.h"
 #include "server/logging.h"
 #include "server/metrics.h"
@@ -37,7 +38,7 @@ inline constexpr char kRetryAfterKey[] = "retry-after-ms";
 class EngineSlot {
  public:
   // The engine for a new RPC: Unavailable before it is attached (model loading, warm-up) and once
-  // draining has begun.
+  // draining has begun. Services call RpcCall::Admit(), which authenticates first.
   absl::StatusOr<std::shared_ptr<core::Engine>> ForNewCall() const;
   // The engine regardless of draining (null before attach).
   std::shared_ptr<core::Engine> engine() const;
@@ -67,6 +68,8 @@ struct ServiceEnv {
   WorkPool* pool = nullptr;
   AdapterBook book;
   EngineSlot engine;
+  // Set when loraserve.v1 calls need a bearer token (--auth_tokens_file); null = open.
+  std::unique_ptr<BearerTokenAuth> auth;
   std::vector<PathAlias> path_aliases;  // server paths callers must not see
 
   grpc::Status ToGrpc(const absl::Status& status) const { return ToGrpcStatus(status, path_aliases); }
@@ -78,6 +81,12 @@ class RpcCall {
   // Takes the request id from the caller's `x-request-id` metadata (1 to 128 characters of
   // [A-Za-z0-9._:-]) or generates one.
   RpcCall(ServiceEnv* env, grpc::CallbackServerContext* context, const char* rpc);
+
+  // Where every loraserve.v1 handler starts: Unauthenticated when the server requires a bearer
+  // token and the call's `authorization` metadata does not carry a known one (checked first, so
+  // an unauthenticated caller learns nothing about the server's state); then the engine as
+  // EngineSlot::ForNewCall (Unavailable while starting or draining).
+  absl::StatusOr<std::shared_ptr<core::Engine>> Admit();
 
   const std::string& request_id() const { return request_id_; }
   const char* rpc() const { return rpc_; }

@@ -4,15 +4,19 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "core/safetensors.h"
 #include "loraserve/v1/adapter_service.grpc.pb.h"
@@ -85,6 +89,34 @@ class AdapterServiceTest : public ::testing::Test {
   std::string upload_dir_;
   std::unique_ptr<TestServer> env_;
 };
+
+// SHA-256 of `data` as 64 lowercase hex digits (OpenSSL directly: independent of the server's code).
+std::string Sha256Hex(const std::string& data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned int i = 0; i < len; ++i) hex += absl::StrFormat("%02x", digest[i]);
+  return hex;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// The proto's definition of Adapter.checksum over the fixture directory `dir`.
+std::string ExpectedChecksum(const std::string& dir) {
+  std::string lines;
+  for (const char* file : {"adapter_config.json", "adapter_model.safetensors"}) {
+    const std::string content = ReadFile(dir + "/" + file);
+    EXPECT_FALSE(content.empty()) << dir << "/" << file;
+    absl::StrAppend(&lines, file, " ", Sha256Hex(content), "\n");
+  }
+  return Sha256Hex(lines);
+}
 
 // The messages of errors must not reveal where the server keeps its files.
 MATCHER(HidesServerPaths, "does not mention server paths") {
@@ -279,12 +311,111 @@ TEST_F(AdapterServiceTest, SaveThenUploadRoundTripsAndDeleteRemovesTheUpload) {
               kLogitsAtol);
   }
   EXPECT_EQ(UploadDirEntries().size(), 1u);
-  EXPECT_THAT(client().UploadAdapter("qv_copy", out), StatusIs(absl::StatusCode::kAlreadyExists));
+  ASSERT_OK_AND_ASSIGN(AdapterInfo again, client().UploadAdapter("qv_copy", out));
+  EXPECT_TRUE(again.already_loaded);
+  EXPECT_EQ(UploadDirEntries().size(), 1u) << "the second, identical upload was kept";
   ASSERT_OK(client().DeleteAdapter("qv_copy"));
   EXPECT_TRUE(env_->logs().Matching({"event=adapter_deleted", "name=qv_copy"}).size() == 1);
   // The upload's files go with the adapter.
   EXPECT_TRUE(EventuallyNoUploads());
   EXPECT_THAT(client().SaveAdapter("missing", out), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(AdapterServiceTest, ChecksumIsTheSameForLoadAndUploadOfTheSameFiles) {
+  const std::string dir = PeftRoot() + "/qv_r4/adapter";
+  const std::string expected = ExpectedChecksum(dir);
+  ASSERT_EQ(expected.size(), 64u);
+  ASSERT_OK_AND_ASSIGN(AdapterInfo loaded, client().LoadAdapter("qv_r4", "qv_r4/adapter"));
+  EXPECT_EQ(loaded.checksum, expected);
+  EXPECT_FALSE(loaded.already_loaded);
+  ASSERT_OK_AND_ASSIGN(AdapterInfo uploaded, client().UploadAdapter("qv_up", dir));
+  EXPECT_EQ(uploaded.checksum, expected);
+  EXPECT_FALSE(uploaded.already_loaded);
+  ASSERT_OK_AND_ASSIGN(AdapterInfo other, client().LoadAdapter("qv_r4_b", "qv_r4_b/adapter"));
+  EXPECT_EQ(other.checksum, ExpectedChecksum(PeftRoot() + "/qv_r4_b/adapter"));
+  EXPECT_NE(other.checksum, expected);
+
+  // Every description carries it; combined adapters have none.
+  ASSERT_OK_AND_ASSIGN(AdapterInfo got, client().GetAdapter("qv_up"));
+  EXPECT_EQ(got.checksum, expected);
+  CombineRequest combine;
+  combine.name = "mix";
+  combine.sources = {{"qv_r4", 0.5}, {"qv_r4_b", 0.5}};
+  combine.combination_type = "linear";
+  ASSERT_OK_AND_ASSIGN(AdapterInfo mix, client().CombineAdapters(combine));
+  EXPECT_EQ(mix.checksum, "");
+  ASSERT_OK_AND_ASSIGN(MergeResult merged, client().MergeAdapter("qv_r4"));
+  EXPECT_EQ(merged.adapter.checksum, expected);
+  ASSERT_OK_AND_ASSIGN(std::vector<AdapterInfo> all, client().ListAdapters());
+  std::map<std::string, std::string> checksums;
+  for (const auto& a : all) checksums[a.name] = a.checksum;
+  EXPECT_EQ(checksums, (std::map<std::string, std::string>{
+                           {"mix", ""}, {"qv_r4", expected}, {"qv_r4_b", other.checksum}, {"qv_up", expected}}));
+}
+
+TEST_F(AdapterServiceTest, LoadingTheSameContentAgainIsIdempotent) {
+  ASSERT_OK_AND_ASSIGN(AdapterInfo first, client().LoadAdapter("qv_r4", "qv_r4/adapter"));
+  ASSERT_OK(client().Tokenize("x", true).status());
+  ScoreRequest score;
+  score.adapter = "qv_r4";
+  score.token_ids = FixturePrompts("qv_r4").at(0);
+  ASSERT_OK(client().Score(score).status());
+  ASSERT_OK_AND_ASSIGN(AdapterInfo second, client().LoadAdapter("qv_r4", "qv_r4/adapter"));
+  EXPECT_TRUE(second.already_loaded);
+  EXPECT_EQ(second.checksum, first.checksum);
+  EXPECT_EQ(second.uses, 1) << "the existing adapter is answered, not a reloaded one";
+  EXPECT_EQ(env_->logs().Matching({"event=adapter_loaded", "name=qv_r4"}).size(), 1u);
+  // The same content under the same name, from the other source, is the same adapter too.
+  ASSERT_OK_AND_ASSIGN(AdapterInfo uploaded, client().UploadAdapter("qv_r4", PeftRoot() + "/qv_r4/adapter"));
+  EXPECT_TRUE(uploaded.already_loaded);
+  EXPECT_EQ(uploaded.source, AdapterSource::kAdapterRoot);
+  EXPECT_TRUE(EventuallyNoUploads()) << "the redundant upload's files were kept";
+
+  // Other content under a taken name stays an error, whichever way it comes.
+  EXPECT_THAT(client().LoadAdapter("qv_r4", "qv_r4_b/adapter"),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("different checksum")));
+  EXPECT_THAT(client().UploadAdapter("qv_r4", PeftRoot() + "/qv_r4_b/adapter"),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("different checksum")));
+  EXPECT_TRUE(EventuallyNoUploads());
+  ASSERT_OK_AND_ASSIGN(AdapterInfo still, client().GetAdapter("qv_r4"));
+  EXPECT_EQ(still.checksum, first.checksum);
+  // A combined adapter has no checksum to match.
+  CombineRequest combine;
+  combine.name = "mix";
+  combine.sources = {{"qv_r4", 1.0}};
+  combine.combination_type = "linear";
+  ASSERT_OK(client().CombineAdapters(combine).status());
+  EXPECT_THAT(client().LoadAdapter("mix", "qv_r4/adapter"),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("combined")));
+  // Deleted, the name loads afresh.
+  ASSERT_OK(client().DeleteAdapter("qv_r4"));
+  ASSERT_OK_AND_ASSIGN(AdapterInfo reloaded, client().LoadAdapter("qv_r4", "qv_r4_b/adapter"));
+  EXPECT_FALSE(reloaded.already_loaded);
+  EXPECT_NE(reloaded.checksum, first.checksum);
+}
+
+TEST_F(AdapterServiceTest, SaveAndExportAnnounceTheirTotalSizeFirst) {
+  ASSERT_OK(client().LoadAdapter("qv_r4", "qv_r4/adapter").status());
+  auto check = [](const std::vector<TransferredFile>& files, const std::vector<TransferProgress>& seen) {
+    int64_t sum = 0;
+    for (const auto& f : files) sum += f.size;
+    ASSERT_FALSE(seen.empty());
+    // Without the server's announcement the first callback could only know its own chunk.
+    EXPECT_LT(seen.front().bytes_done, sum);
+    EXPECT_EQ(seen.front().total_bytes, sum);
+    EXPECT_EQ(seen.back().bytes_done, sum);
+  };
+  std::vector<TransferProgress> seen;
+  const ProgressCallback record = [&seen](const TransferProgress& p) { seen.push_back(p); };
+  ASSERT_OK_AND_ASSIGN(std::vector<TransferredFile> saved,
+                       client().SaveAdapter("qv_r4", MakeTempDir(), {}, record));
+  ASSERT_EQ(saved.size(), 2u);
+  check(saved, seen);
+  seen.clear();
+  ASSERT_OK_AND_ASSIGN(std::vector<TransferredFile> exported,
+                       client().ExportMergedModel({"qv_r4"}, MakeTempDir(), {}, record));
+  ASSERT_GE(exported.size(), 3u);
+  check(exported, seen);
 }
 
 // Raw-stub uploads for what the client library never sends.

@@ -194,11 +194,12 @@ TestServer::~TestServer() {
   server_.reset();
 }
 
-std::unique_ptr<Client> TestServer::NewClient() const {
-  ClientOptions o;
-  o.address = address();
-  o.default_deadline = absl::Seconds(30);
-  return *Client::Create(o);
+std::unique_ptr<Client> TestServer::NewClient() const { return NewClient(options_.client); }
+
+std::unique_ptr<Client> TestServer::NewClient(ClientOptions options) const {
+  options.address = address();
+  auto client = Client::Create(options);
+  return client.ok() ? *std::move(client) : nullptr;
 }
 
 std::string TestServer::address() const { return absl::StrCat("127.0.0.1:", server_->port()); }

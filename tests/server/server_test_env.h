@@ -129,6 +129,9 @@ struct TestServerOptions {
   core::EngineOptions engine;      // model_dir defaults to stories260K
   server::ServerOptions server;    // listen/metrics addresses default to 127.0.0.1:0
   bool attach_engine = true;       // false: the test attaches (health before warm-up)
+  // The clients' options (client(), NewClient()): TLS, bearer token, retries; the address is the
+  // server's.
+  ClientOptions client;
 };
 
 // Engine + server + client. Needs ../shared (callers start with LORASERVE_REQUIRE_SHARED()).
@@ -145,6 +148,8 @@ class TestServer {
   Client& client() { return *client_; }
   // A second client (e.g. for concurrent streams on separate channels).
   std::unique_ptr<Client> NewClient() const;
+  // A client with other options (e.g. another bearer token); the address is set to the server's.
+  std::unique_ptr<Client> NewClient(ClientOptions options) const;
   server::Server& server() { return *server_; }
   GatedEngine& engine() { return *engine_; }
   LogCapture& logs() { return *logs_; }

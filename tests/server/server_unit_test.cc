@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "server/adapter_service.h"
 #include "server/file_transfer.h"
 #include "server/grpc_status.h"
@@ -117,6 +118,30 @@ TEST(FileTransferTest, UploadWriterThenDirectoryReaderRoundTrip) {
   EXPECT_EQ(files["a.json"], "hello");
   EXPECT_EQ(files["sub/empty.bin"], "");
   EXPECT_EQ(chunks, 4);  // "he", "ll", "o" (eof), "" (eof)
+  EXPECT_EQ(reader->total_bytes(), 5);
+  EXPECT_EQ(writer.sha256s(), (std::map<std::string, std::string>{{"a.json", Sha("hello")},
+                                                                  {"sub/empty.bin", Sha("")}}));
+}
+
+TEST(FileTransferTest, AdapterChecksumFromDigestsOrFromTheDirectory) {
+  const std::string dir = MakeTempDir();
+  std::ofstream(dir + "/adapter_config.json") << "{}";
+  EXPECT_THAT(AdapterChecksumOfDir(dir),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("adapter_model.safetensors")));
+  std::ofstream(dir + "/adapter_model.safetensors") << "weights";
+  std::ofstream(dir + "/README.md") << "not part of the identity";
+  // The definition in adapter_service.proto, spelled out.
+  const std::string expected = Sha(absl::StrCat("adapter_config.json ", Sha("{}"), "\n",
+                                                "adapter_model.safetensors ", Sha("weights"), "\n"));
+  ASSERT_OK_AND_ASSIGN(std::string from_dir, AdapterChecksumOfDir(dir));
+  EXPECT_EQ(from_dir, expected);
+  ASSERT_OK_AND_ASSIGN(std::string from_digests,
+                       AdapterChecksum({{"adapter_model.safetensors", Sha("weights")},
+                                        {"adapter_config.json", Sha("{}")},
+                                        {"README.md", Sha("x")}}));
+  EXPECT_EQ(from_digests, expected);
+  EXPECT_THAT(AdapterChecksum({{"adapter_model.safetensors", Sha("weights")}}),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("adapter_config.json")));
 }
 
 TEST(FileTransferTest, UploadWriterRefusesBadChunks) {
