@@ -26,9 +26,10 @@
 #define LORASERVE_DEFAULT_MODEL_DIR ""
 #endif
 
-ABSL_FLAG(std::string, model, LORASERVE_DEFAULT_MODEL_DIR,
-          "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json); the "
-          "default is the built-in demo model that the build writes with loraserve-mkmodel");
+ABSL_FLAG(std::string, model, "",
+          "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json); empty = "
+          "the built-in demo model: <prefix>/share/loraserve/default-model next to an installed "
+          "binary, else the one the build wrote (" LORASERVE_DEFAULT_MODEL_DIR ")");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32 | bfloat16");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda[:N] (needs a CUDA build of LibTorch)");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads; 0 = hardware concurrency");
@@ -94,6 +95,21 @@ bool WritePortFile(const std::string& path, int port) {
   return std::fclose(f) == 0 && std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+// The built-in demo model: the installed copy beside this binary (<prefix>/bin/loraserve →
+// <prefix>/share/loraserve/default-model), else the build tree's; "" if neither exists.
+std::string BuiltInModelDir() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const std::filesystem::path installed =
+        exe.parent_path().parent_path() / "share" / "loraserve" / "default-model";
+    if (std::filesystem::is_directory(installed, ec)) return installed.string();
+  }
+  const std::string built = LORASERVE_DEFAULT_MODEL_DIR;
+  if (!built.empty() && std::filesystem::is_directory(built, ec)) return built;
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -113,6 +129,7 @@ int main(int argc, char** argv) {
 
   loraserve::core::EngineOptions engine_options;
   engine_options.model_dir = absl::GetFlag(FLAGS_model);
+  if (engine_options.model_dir.empty()) engine_options.model_dir = BuiltInModelDir();
   if (engine_options.model_dir.empty()) {
     Log("no --model given and this build has no built-in default model");
     return 1;

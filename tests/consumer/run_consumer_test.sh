@@ -39,7 +39,7 @@ prefix="$tmp/prefix"
 
 # Exactly the documented files: no tests, no third-party headers or libraries.
 unexpected=$(cd "$prefix" && find . \( -type f -o -type l \) | sed 's|^\./||' | grep -Ev \
-  '^(bin/(loraserve|loractl|loraserve-mkmodel)|include/loraserve/client\.h|lib[^/]*(/[^/]+)?/(libloraserve_client\.so(\.[0-9]+)*|cmake/loraserve/loraserve(Config|ConfigVersion|Targets(-[a-z]+)?)\.cmake))$' ||
+  '^(bin/(loraserve|loractl|loraserve-mkmodel)|include/loraserve/client\.h|share/loraserve/default-(model/[a-z_.]+|adapters/demo-[a-z]+/adapter_[a-z_.]+)|lib[^/]*(/[^/]+)?/(libloraserve_client\.so(\.[0-9]+)*|cmake/loraserve/loraserve(Config|ConfigVersion|Targets(-[a-z]+)?)\.cmake))$' ||
   true)
 [[ -z "$unexpected" ]] || fail "unexpected installed files:"$'\n'"$unexpected"
 [[ -x "$prefix/bin/loraserve" && -x "$prefix/bin/loractl" && -f "$prefix/include/loraserve/client.h" ]] ||
@@ -67,11 +67,11 @@ consumer="$consumer_build/loraserve_consumer"
 client_lib=$(ldd "$consumer" | sed -n 's/.*libloraserve_client[^ ]* => \([^ ]*\).*/\1/p')
 [[ "$client_lib" == "$prefix"/* ]] || fail "consumer loads libloraserve_client from '$client_lib'"
 
-# The installed server on the built-in demo model, on free ports.
-model="$build_dir/default-model"
-[[ -f "$model/config.json" ]] || fail "no built-in model at $model (build the default-model target)"
+# The installed server, without --model: it must serve the installed built-in demo model (its
+# start-up line names the model directory).
+[[ -f "$prefix/share/loraserve/default-model/config.json" ]] || fail "the demo model is not installed"
 port_file="$tmp/port"
-OMP_NUM_THREADS=1 "$prefix/bin/loraserve" --model="$model" --listen=127.0.0.1:0 \
+OMP_NUM_THREADS=1 "$prefix/bin/loraserve" --listen=127.0.0.1:0 \
   --port_file="$port_file" --metrics_listen=127.0.0.1:0 --threads=1 >"$tmp/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 600); do
@@ -81,6 +81,8 @@ for _ in $(seq 600); do
 done
 [[ -s "$port_file" ]] || fail "loraserve did not write --port_file within 60 s"
 addr="127.0.0.1:$(tr -d '[:space:]' <"$port_file")"
+grep -qF "loading $(realpath "$prefix")/share/loraserve/default-model" "$tmp/server.log" ||
+  fail "the installed loraserve did not pick the installed demo model"
 
 "$consumer" "$addr" >"$tmp/consumer.log" 2>&1 || fail "the consumer failed"
 cat "$tmp/consumer.log"
