@@ -347,10 +347,10 @@ absl::StatusOr<at::Tensor> LoraModel::Forward(
 
 absl::StatusOr<at::Tensor> LoraModel::Score(absl::Span<const int32_t> tokens,
                                             const std::shared_ptr<const LoraAdapter>& adapter) const {
-  KvCache cache(model_->config(), model_->options());
-  LORASERVE_RETURN_IF_ERROR(cache.AddSequence(0));
-  SequenceInput in{0, std::vector<int32_t>(tokens.begin(), tokens.end())};
-  return Forward(absl::MakeConstSpan(&in, 1), {adapter}, &cache, LogitsMode::kAll);
+  // The hooks only need the batch's shape: one sequence of tokens.size() rows.
+  const SequenceInput shape{0, std::vector<int32_t>(tokens.begin(), tokens.end())};
+  auto hooks = MakeHooks(absl::MakeConstSpan(&shape, 1), {adapter});
+  return model_->Score(tokens, hooks.get());
 }
 
 at::Tensor LoraModel::BaseWeight(int id) const { return state_->original_weight.at(id); }

@@ -459,6 +459,24 @@ grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerCont
   return reactor;
 }
 
+namespace {
+
+// The shared tail of MergeAdapter / UnmergeAdapter, on the pool once the engine has answered
+// (`op` = "merge" | "unmerge"): the metric, the adapter's description into `adapter`, the event
+// line (`fields` before the duration), the reply.
+void FinishMergeOp(UnaryCall* c, core::Engine& engine, const std::string& name, const char* op,
+                   absl::Time start, absl::string_view fields, pb::Adapter* adapter) {
+  const absl::Duration took = absl::Now() - start;
+  c->env->metrics->RecordAdapterMerge(op, took);
+  absl::StatusOr<core::AdapterInfo> info = engine.GetAdapter(name);
+  if (info.ok()) *adapter = Describe(*c->env, engine, *info);
+  c->call.LogEvent(absl::StrCat("adapter_", op, "d"),
+                   absl::StrFormat("name=%s %sms=%.1f", name, fields, absl::ToDoubleMilliseconds(took)));
+  c->Finish(info.status());
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerContext* context,
                                                        const pb::MergeAdapterRequest* request,
                                                        pb::MergeAdapterResponse* response) {
@@ -466,9 +484,8 @@ grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerConte
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
   auto engine_or = EngineForAdapter(c->call, name);
-  absl::Status s = engine_or.status();
-  if (!s.ok()) {
-    c->Finish(s);
+  if (!engine_or.ok()) {
+    c->Finish(engine_or.status());
     return reactor;
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
@@ -476,16 +493,11 @@ grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerConte
   engine->MergeAdapter(name, [c, engine, name, response, start](absl::StatusOr<bool> merged) {
     // Engine thread: hand the follow-up (which calls back into the engine) to the pool.
     c->env->pool->Post([c, engine, name, response, start, merged = std::move(merged)] {
-      const absl::Duration took = absl::Now() - start;
       if (!merged.ok()) return c->Finish(merged.status());
-      c->env->metrics->RecordAdapterMerge("merge", took);
       response->set_already_merged(!*merged);
-      absl::StatusOr<core::AdapterInfo> info = engine->GetAdapter(name);
-      if (info.ok()) *response->mutable_adapter() = Describe(*c->env, *engine, *info);
-      c->call.LogEvent("adapter_merged",
-                       absl::StrFormat("name=%s already_merged=%s ms=%.1f", name,
-                                       *merged ? "false" : "true", absl::ToDoubleMilliseconds(took)));
-      c->Finish(info.status());
+      FinishMergeOp(c, *engine, name, "merge", start,
+                    *merged ? "already_merged=false " : "already_merged=true ",
+                    response->mutable_adapter());
     });
   });
   return reactor;
@@ -498,23 +510,16 @@ grpc::ServerUnaryReactor* AdapterService::UnmergeAdapter(grpc::CallbackServerCon
   grpc::ServerUnaryReactor* reactor = c->reactor();
   const std::string name = request->name();
   auto engine_or = EngineForAdapter(c->call, name);
-  absl::Status s = engine_or.status();
-  if (!s.ok()) {
-    c->Finish(s);
+  if (!engine_or.ok()) {
+    c->Finish(engine_or.status());
     return reactor;
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
   const absl::Time start = absl::Now();
   engine->UnmergeAdapter(name, [c, engine, name, response, start](absl::Status done) {
     c->env->pool->Post([c, engine, name, response, start, done] {
-      const absl::Duration took = absl::Now() - start;
       if (!done.ok()) return c->Finish(done);
-      c->env->metrics->RecordAdapterMerge("unmerge", took);
-      absl::StatusOr<core::AdapterInfo> info = engine->GetAdapter(name);
-      if (info.ok()) *response->mutable_adapter() = Describe(*c->env, *engine, *info);
-      c->call.LogEvent("adapter_unmerged",
-                       absl::StrFormat("name=%s ms=%.1f", name, absl::ToDoubleMilliseconds(took)));
-      c->Finish(info.status());
+      FinishMergeOp(c, *engine, name, "unmerge", start, "", response->mutable_adapter());
     });
   });
   return reactor;
