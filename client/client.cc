@@ -937,4 +937,20 @@ absl::StatusOr<std::string> Client::Detokenize(const std::vector<int32_t>& token
   return resp.text();
 }
 
+absl::StatusOr<std::vector<std::string>> Client::TokenTexts(const std::vector<int32_t>& token_ids,
+                                                            const CallOptions& call) {
+  pb::DetokenizeRequest req;
+  req.mutable_token_ids()->Assign(token_ids.begin(), token_ids.end());
+  req.set_per_token(true);
+  pb::DetokenizeResponse resp;
+  absl::Status s = impl_->Unary(
+      [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->inference->Detokenize(c, q, r); },
+      req, &resp, call, /*idempotent=*/true);
+  if (!s.ok()) return s;
+  if (resp.token_texts_size() != static_cast<int>(token_ids.size())) {
+    return absl::InternalError("the server did not return one text per token (an older server?)");
+  }
+  return std::vector<std::string>(resp.token_texts().begin(), resp.token_texts().end());
+}
+
 }  // namespace loraserve

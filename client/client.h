@@ -308,6 +308,9 @@ class Client {
   absl::StatusOr<std::string> Detokenize(const std::vector<int32_t>& token_ids,
                                          bool skip_special_tokens = false,
                                          const CallOptions& call = {});
+  // The text of each id decoded on its own (one call), e.g. for per-token tables.
+  absl::StatusOr<std::vector<std::string>> TokenTexts(const std::vector<int32_t>& token_ids,
+                                                      const CallOptions& call = {});
 
   struct Impl;  // opaque
 

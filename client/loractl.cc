@@ -53,7 +53,7 @@ constexpr int kUnavailable = 14;  // grpc UNAVAILABLE: health not SERVING
 constexpr size_t kUnlimited = static_cast<size_t>(-1);
 constexpr const char* kDefaultAddress = "127.0.0.1:50051";
 constexpr const char* kDefaultMetricsAddress = "127.0.0.1:9464";
-constexpr size_t kMaxTokenTexts = 512;  // distinct ids detokenized for logprob tables
+constexpr size_t kMaxTokenTexts = 65536;  // distinct ids detokenized for logprob tables
 
 // ---- Flag parsing -----------------------------------------------------------------------------
 
@@ -473,8 +473,8 @@ class Context {
     return [bar](const loraserve::TransferProgress& p) { bar->Update(p); };
   }
 
-  // The text of each distinct id in `ids` (one Detokenize per id; empty when there are too many
-  // or the server fails).
+  // The text of each distinct id in `ids` (one Detokenize call; empty when there are too many or
+  // the server fails).
   std::map<int32_t, std::string> TokenTexts(const std::set<int32_t>& ids);
 
  private:
@@ -711,13 +711,11 @@ std::unique_ptr<ProgressBar> Context::Progress(const std::string& label) const {
 
 std::map<int32_t, std::string> Context::TokenTexts(const std::set<int32_t>& ids) {
   std::map<int32_t, std::string> texts;
-  if (ids.size() > kMaxTokenTexts) return texts;
-  for (int32_t id : ids) {
-    absl::StatusOr<std::string> text =
-        client_->Detokenize({id}, /*skip_special_tokens=*/false, call_);
-    if (!text.ok()) return {};
-    texts[id] = *text;
-  }
+  if (ids.empty() || ids.size() > kMaxTokenTexts) return texts;
+  const std::vector<int32_t> list(ids.begin(), ids.end());
+  absl::StatusOr<std::vector<std::string>> got = client_->TokenTexts(list, call_);
+  if (!got.ok()) return texts;
+  for (size_t i = 0; i < list.size(); ++i) texts[list[i]] = (*got)[i];
   return texts;
 }
 

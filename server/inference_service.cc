@@ -356,6 +356,11 @@ grpc::ServerUnaryReactor* InferenceService::Detokenize(grpc::CallbackServerConte
   }
   const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
   response->set_text((*engine)->Detokenize(ids, request->skip_special_tokens()));
+  if (request->per_token()) {
+    for (int32_t id : ids) {
+      response->add_token_texts((*engine)->Detokenize({id}, request->skip_special_tokens()));
+    }
+  }
   c->call.set_tokens(static_cast<int64_t>(ids.size()), 0);
   c->Finish(absl::OkStatus());
   return reactor;

@@ -235,6 +235,18 @@ TEST_F(InferenceServiceTest, TokenizeAndDetokenizeMatchTheFixtureEncoding) {
   ASSERT_OK_AND_ASSIGN(std::vector<int32_t> special, client().Tokenize("</s>", false, true));
   EXPECT_EQ(special, std::vector<int32_t>{2});
   EXPECT_THAT(client().Detokenize({1, 99999}), StatusIs(absl::StatusCode::kInvalidArgument));
+  // Per-token texts in one call: each equals that id detokenized alone, and together (after BOS)
+  // they spell the prompt (a piece decoded alone loses its leading "▁" space, as in HF).
+  ASSERT_OK_AND_ASSIGN(std::vector<std::string> pieces, client().TokenTexts(prompt));
+  ASSERT_EQ(pieces.size(), prompt.size());
+  std::string joined;
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    ASSERT_OK_AND_ASSIGN(std::string alone, client().Detokenize({prompt[i]}));
+    EXPECT_EQ(pieces[i], alone) << "token " << prompt[i];
+    if (i > 0) joined += pieces[i];
+  }
+  EXPECT_EQ(joined, "Tomhadabigredballandhe");
+  EXPECT_THAT(client().TokenTexts({1, 99999}), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(InferenceServiceTest, ClientDeadlineStopsTheEngineWork) {
