@@ -31,8 +31,12 @@ namespace {
 
 constexpr int64_t kPromptTokens = 128;
 
-const Model& BenchModel() {
-  static const Model* model = [] {
+// The bench model; `fused` = ModelOptions::fused_decode_attention (each variant built once).
+const Model& BenchModel(bool fused = true) {
+  static const Model* models[2] = {nullptr, nullptr};
+  const Model*& model = models[fused ? 1 : 0];
+  if (model != nullptr) return *model;
+  model = [fused] {
     ModelMakerOptions options;
     options.preset = ModelPreset::kBench;
     auto made = MakeDemoModel(options);
@@ -40,7 +44,9 @@ const Model& BenchModel() {
       std::fprintf(stderr, "model_bench: %s\n", made.status().ToString().c_str());
       std::exit(1);
     }
-    auto m = Model::FromTensors(made->config, made->tensors, ModelOptions(), "bench");
+    ModelOptions model_options;
+    model_options.fused_decode_attention = fused;
+    auto m = Model::FromTensors(made->config, made->tensors, model_options, "bench");
     if (!m.ok()) {
       std::fprintf(stderr, "model_bench: %s\n", m.status().ToString().c_str());
       std::exit(1);
@@ -145,9 +151,10 @@ BENCHMARK(BM_Prefill)->Arg(1)->Arg(8)->Arg(32)->Unit(benchmark::kMillisecond)->U
 
 // Decode: `batch` sequences with kPromptTokens of context each; one iteration is one decode step
 // (one new token per sequence). The cache is cut back to the prompt between steps so every step
-// sees the same context.
+// sees the same context. Second argument: 1 = fused decode attention (the default), 0 = the
+// per-sequence LibTorch ops.
 void BM_Decode(benchmark::State& state) {
-  const Model& model = BenchModel();
+  const Model& model = BenchModel(state.range(1) != 0);
   const int64_t batch = state.range(0);
   KvCache cache(model.config(), model.options());
   std::vector<SequenceInput> prefill, step;
@@ -189,7 +196,11 @@ void BM_Decode(benchmark::State& state) {
   SetCounters(state, rows, ForwardFlops(model.config(), rows, kPromptTokens + 1, batch), batch,
               seconds);
 }
-BENCHMARK(BM_Decode)->Arg(1)->Arg(8)->Arg(32)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Decode)
+    ->ArgsProduct({{1, 8, 32}, {1, 0}})
+    ->ArgNames({"batch", "fused"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // The baseline on its own rows: at::mm at the decode and prefill row counts.
 void BM_Gemm(benchmark::State& state) {

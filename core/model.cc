@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/decode_attention.h"
 #include "core/file_util.h"
 #include "core/json_file.h"
 #include "core/status_macros.h"
@@ -425,12 +426,27 @@ absl::StatusOr<at::Tensor> Model::Forward(absl::Span<const SequenceInput> batch,
       at::Tensor q = ApplyLinear(linears_[layer.q], hn, hooks).view({T, nh, hd});
       at::Tensor k = ApplyLinear(linears_[layer.k], hn, hooks).view({T, nkv, hd});
       at::Tensor v = ApplyLinear(linears_[layer.v], hn, hooks).view({T, nkv, hd});
-      q = ApplyRope(q, cos, sin);
-      k = ApplyRope(k, cos, sin);
+      q = ApplyRope(q, cos, sin).contiguous();
+      k = ApplyRope(k, cos, sin).contiguous();
+      v = v.contiguous();
       at::Tensor attn = at::empty({T, nh * hd}, x.options());
+      // Decode rows (one new token) of every sequence at once when the fused kernel applies.
+      const bool fused = options_.fused_decode_attention && FusedDecodeAttentionSupported(q);
+      if (fused) {
+        std::vector<DecodeAttentionSeq> decoding;
+        for (size_t i = 0; i < batch.size(); ++i) {
+          if (batch[i].tokens.size() != 1) continue;
+          const int64_t past = seqs[i]->length;
+          const int64_t window = c.sliding_window;
+          decoding.push_back({seqs[i]->k[l], seqs[i]->v[l], offsets[i], past,
+                              window > 0 ? std::max<int64_t>(0, past + 1 - window) : 0});
+        }
+        FusedDecodeAttention(q, k, v, decoding, scale, attn);
+      }
       for (size_t i = 0; i < batch.size(); ++i) {
         KvCache::Sequence* s = seqs[i];
         const int64_t n = static_cast<int64_t>(batch[i].tokens.size());
+        if (fused && n == 1) continue;
         const int64_t r0 = offsets[i], past = s->length, total = past + n;
         s->k[l].narrow(1, past, n).copy_(k.narrow(0, r0, n).transpose(0, 1));
         s->v[l].narrow(1, past, n).copy_(v.narrow(0, r0, n).transpose(0, 1));

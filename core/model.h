@@ -25,6 +25,10 @@ struct ModelOptions {
   // Compute dtype: at::kFloat or at::kBFloat16.
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // Single-token (decode) sequences attend through one fused CPU loop over all of them
+  // (core/decode_attention.h) instead of per-sequence LibTorch ops. Same results up to float
+  // rounding; off = the per-sequence path (kept for other devices and for comparison).
+  bool fused_decode_attention = true;
 };
 
 // One linear layer, addressed by its Hugging Face module path

@@ -3,6 +3,8 @@
 #include "core/model.h"
 
 #include <ATen/ATen.h>
+
+#include <cstdio>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -192,6 +194,62 @@ TEST_F(ModelFixtureTest, Bfloat16IsCloseToFloat32) {
   EXPECT_LT(MaxDiff(logits, want), 1.0);
   const double agree = (logits.argmax(-1) == want.argmax(-1)).to(at::kFloat).mean().item<double>();
   EXPECT_GE(agree, 0.8);
+}
+
+// The fused CPU decode attention equals the per-sequence path: a ragged batch (prefills of
+// different lengths, then decode steps where some sequences decode while another prefills), in
+// float32 (to rounding) and bfloat16 (within bf16 noise), with and without a sliding window.
+TEST_F(ModelFixtureTest, FusedDecodeAttentionMatchesThePerSequencePath) {
+  ASSERT_OK_AND_ASSIGN(Json json, ReadJsonFile(ModelDir() + "/config.json"));
+  ASSERT_OK_AND_ASSIGN(auto tensors, LoadSafetensors(ModelDir() + "/model.safetensors"));
+  for (const bool windowed : {false, true}) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      SCOPED_TRACE(std::string(windowed ? "window 6, " : "") + c10::toString(dtype));
+      Json j = json;
+      if (windowed) {
+        j["model_type"] = "mistral";
+        j["sliding_window"] = 6;
+      }
+      ASSERT_OK_AND_ASSIGN(ModelConfig cfg, ModelConfig::FromJson(j, j["model_type"].get<std::string>()));
+      ModelOptions fused_opts, plain_opts;
+      fused_opts.dtype = plain_opts.dtype = dtype;
+      plain_opts.fused_decode_attention = false;
+      ASSERT_OK_AND_ASSIGN(auto fused, Model::FromTensors(cfg, tensors, fused_opts, "f"));
+      ASSERT_OK_AND_ASSIGN(auto plain, Model::FromTensors(cfg, tensors, plain_opts, "p"));
+      KvCache fused_cache(fused->config(), fused->options());
+      KvCache plain_cache(plain->config(), plain->options());
+      std::vector<std::vector<SequenceInput>> steps;
+      steps.push_back({{0, {1, 274, 287}}, {1, {1, 381, 261, 370, 352, 266, 268, 388, 269}}, {2, {1}}});
+      for (int t = 0; t < 12; ++t) {
+        std::vector<SequenceInput> step = {{0, {300 + t}}, {1, {280 + 2 * t}}, {2, {260 + 3 * t}}};
+        if (t == 4) step.push_back({3, {1, 290, 291, 292, 293}});  // joins with a prefill
+        if (t > 4) step.push_back({3, {310 + t}});
+        steps.push_back(step);
+      }
+      for (int64_t id : {0, 1, 2, 3}) {
+        ASSERT_OK(fused_cache.AddSequence(id));
+        ASSERT_OK(plain_cache.AddSequence(id));
+      }
+      double worst = 0;
+      std::vector<at::Tensor> fused_rows, plain_rows;
+      for (const auto& step : steps) {
+        ASSERT_OK_AND_ASSIGN(at::Tensor a, fused->Forward(step, &fused_cache, LogitsMode::kAll));
+        ASSERT_OK_AND_ASSIGN(at::Tensor b, plain->Forward(step, &plain_cache, LogitsMode::kAll));
+        worst = std::max(worst, MaxDiff(a, b));
+        fused_rows.push_back(a);
+        plain_rows.push_back(b);
+      }
+      if (dtype == at::kFloat) {
+        EXPECT_LE(worst, 1e-4);
+      } else {
+        // Both are bf16 computations (the fused one accumulates in float32): within bf16 noise
+        // of each other (the bound of Bfloat16IsCloseToFloat32) with the same top-1 nearly always.
+        EXPECT_LE(worst, 1.0);
+        const at::Tensor a = at::cat(fused_rows), b = at::cat(plain_rows);
+        EXPECT_GE((a.argmax(-1) == b.argmax(-1)).to(at::kFloat).mean().item<double>(), 0.9);
+      }
+    }
+  }
 }
 
 TEST_F(ModelFixtureTest, RejectsBadInputsWithoutTouchingTheCache) {
