@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -97,9 +98,11 @@ class FakeInference final : public pb::InferenceService::Service {
   grpc::Status Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
                         grpc::ServerWriter<pb::GenerateResponse>* writer) override {
     bool failing;
+    absl::Duration token_delay;
     {
       absl::MutexLock lock(&generate.mu);
       failing = generate.fail > 0;
+      token_delay = generate_token_delay;
     }
     const int n = req->sampling().max_new_tokens() > 0 ? req->sampling().max_new_tokens() : 4;
     if (failing) {
@@ -127,11 +130,20 @@ class FakeInference final : public pb::InferenceService::Service {
         msg.mutable_summary()->set_seed(req->sampling().seed());
       }
       writer->Write(msg);
-      absl::SleepFor(generate_token_delay);
+      absl::SleepFor(token_delay);
     }
     return grpc::Status::OK;
   }
-  absl::Duration generate_token_delay = absl::ZeroDuration();
+  void SetGenerateTokenDelay(absl::Duration d) {
+    absl::MutexLock lock(&generate.mu);
+    generate_token_delay = d;
+  }
+
+ private:
+  // Pause after each Generate token. Set by the test thread while server threads run handlers: the
+  // RPC that follows the change orders them only through the socket, which is not a C++
+  // synchronization (and invisible to TSan).
+  absl::Duration generate_token_delay ABSL_GUARDED_BY(generate.mu) = absl::ZeroDuration();
 };
 
 class FakeAdapters final : public pb::AdapterService::Service {
@@ -423,7 +435,7 @@ TEST_F(ClientRetryTest, GenerateStreamIteratesAndCancels) {
   EXPECT_EQ(r->finish_reason, FinishReason::kLength);
 
   // Cancel from another thread while the server is still writing.
-  inference_.generate_token_delay = absl::Milliseconds(20);
+  inference_.SetGenerateTokenDelay(absl::Milliseconds(20));
   req.sampling.max_new_tokens = 1000;
   stream = client->StartGenerate(req);
   ASSERT_TRUE(stream->Next(&t));
