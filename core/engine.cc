@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <mutex>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -63,16 +64,21 @@ absl::Status DirMustBeEmpty(const std::string& dir) {
 class Worker {
  public:
   Worker() : thread_([this] { Loop(); }) {}
-  ~Worker() {
+  ~Worker() { Stop(); }
+  // Runs the tasks already posted, then ends the thread. Idempotent; thread-safe.
+  void Stop() {
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
-    thread_.join();
+    std::call_once(joined_, [this] { thread_.join(); });
   }
-  void Post(std::function<void()> fn) {
+  // False (and `fn` dropped) once Stop() has begun.
+  bool Post(std::function<void()> fn) {
     absl::MutexLock lock(&mu_);
+    if (stop_) return false;
     tasks_.push_back(std::move(fn));
+    return true;
   }
 
  private:
@@ -95,6 +101,7 @@ class Worker {
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+  std::once_flag joined_;
 };
 
 class EngineImpl : public Engine {
@@ -266,19 +273,22 @@ class EngineImpl : public Engine {
       adapters.push_back(*a);
     }
     if (registry_->Contains(name)) return done(absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already exists")));
-    worker_->Post([this, name, adapters, options, done = std::move(done)] {
+    auto task = [this, name, adapters, options, done] {
       auto combined = core::CombineAdapters(name, adapters, options, *model_, lora_->BaseWeightFn(),
                                             options_.adapters.load);
       if (!combined.ok()) return done(combined.status());
       done(registry_->Add(*combined));
-    });
+    };
+    if (!worker_->Post(std::move(task))) done(ShuttingDown());
   }
 
   void SaveAdapter(const std::string& name, const std::string& dir, std::function<void(absl::Status)> done) override {
     auto adapter = registry_->Get(name);
     if (!adapter.ok()) return done(adapter.status());
     if (absl::Status s = DirMustBeEmpty(dir); !s.ok()) return done(s);
-    worker_->Post([adapter = *adapter, dir, done = std::move(done)] { done(core::SaveAdapter(*adapter, dir)); });
+    if (!worker_->Post([adapter = *adapter, dir, done] { done(core::SaveAdapter(*adapter, dir)); })) {
+      done(ShuttingDown());
+    }
   }
 
   void ExportMergedModel(const std::vector<std::string>& names, const std::string& dir,
@@ -291,9 +301,11 @@ class EngineImpl : public Engine {
     }
     if (absl::Status s = DirMustBeEmpty(dir); !s.ok()) return done(s);
     // ExportMerged reads only the checkpoint tensors and immutable adapters: safe off the engine thread.
-    worker_->Post([this, adapters, dir, done = std::move(done)] {
-      done(lora_->ExportMerged(adapters, dir, options_.model_dir));
-    });
+    if (!worker_->Post([this, adapters, dir, done] {
+          done(lora_->ExportMerged(adapters, dir, options_.model_dir));
+        })) {
+      done(ShuttingDown());
+    }
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -322,8 +334,12 @@ class EngineImpl : public Engine {
         drain_deadline_ = deadline;
       }
     }
-    if (thread_.joinable()) thread_.join();
-    worker_.reset();
+    // Concurrent Shutdown calls (a signal handler's thread and a destructor) both return once
+    // everything has stopped.
+    std::call_once(stopped_, [this] {
+      if (thread_.joinable()) thread_.join();
+      if (worker_ != nullptr) worker_->Stop();
+    });
   }
 
  private:
@@ -659,7 +675,8 @@ class EngineImpl : public Engine {
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<AdapterRegistry> registry_;
   std::unique_ptr<KvCache> cache_;         // engine thread
-  std::unique_ptr<Worker> worker_;
+  std::unique_ptr<Worker> worker_;  // created in Init, stopped (never reset) by Shutdown
+  std::once_flag stopped_;
   std::thread thread_;
 
   mutable absl::Mutex mu_;

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <thread>
+#include <vector>
 
 #include "absl/synchronization/notification.h"
 #include "core/generate.h"
@@ -319,6 +321,23 @@ TEST_F(EngineTest, SingleAdapterPolicyAndShutdownDrains) {
   });
   EXPECT_TRUE(merge_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
   EXPECT_TRUE(score_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  // So is work for the (stopped) worker thread.
+  int unavailable = 0;
+  engine->CombineAdapters("c", {"a"}, CombineOptions(), [&](absl::StatusOr<AdapterInfo> r) {
+    unavailable += r.status().code() == absl::StatusCode::kUnavailable;
+  });
+  const std::string dir = testing::MakeTempDir();
+  engine->SaveAdapter("a", dir, [&](absl::Status st) {
+    unavailable += st.code() == absl::StatusCode::kUnavailable;
+  });
+  engine->ExportMergedModel({"a"}, dir, [&](absl::Status st) {
+    unavailable += st.code() == absl::StatusCode::kUnavailable;
+  });
+  EXPECT_EQ(unavailable, 3);
+  // Shutdown again, from several threads at once: all return, nothing breaks.
+  std::vector<std::thread> again;
+  for (int i = 0; i < 4; ++i) again.emplace_back([&] { engine->Shutdown(absl::Now()); });
+  for (auto& t : again) t.join();
 }
 
 TEST_F(EngineTest, CombineSaveExportAndUnloadAll) {
