@@ -7,13 +7,16 @@
 //   PeftSwap/N      the PEFT-style alternative: the batch split per adapter, one forward per adapter
 // Decode = one new token per row per step; Prefill = the 128-token prompts of all rows.
 // Threads: $LORASERVE_BENCH_THREADS (default 2). Dtype: $LORASERVE_BENCH_DTYPE = float32 (default)
-// or bfloat16 (base weights in bf16; the LoRA products stay fp32).
+// or bfloat16 (base weights in bf16; the LoRA products stay fp32). LoRA kernel:
+// $LORASERVE_BENCH_LORA_KERNEL = cpu (default on CPU: row-wise fused loop for small segments) or
+// gather (one GEMM pair per adapter segment).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -51,7 +54,11 @@ Setup& Bench() {
     const char* dtype = std::getenv("LORASERVE_BENCH_DTYPE");
     if (dtype != nullptr && std::string(dtype) == "bfloat16") mo.dtype = at::kBFloat16;
     setup->model = std::move(*Model::FromTensors(made->config, made->tensors, mo, "bench"));
-    setup->lora = std::make_unique<LoraModel>(setup->model.get());
+    const char* kernel = std::getenv("LORASERVE_BENCH_LORA_KERNEL");
+    const bool gather = kernel != nullptr && std::string(kernel) == "gather";
+    std::fprintf(stderr, "lora_bench: LoRA kernel %s\n", gather ? "gather" : "cpu");
+    setup->lora = std::make_unique<LoraModel>(setup->model.get(),
+                                              gather ? MakeGatherLoraKernel() : nullptr);
     at::manual_seed(0);
     for (int i = 0; i < kBatch; ++i) {
       LoraConfig cfg;

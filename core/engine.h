@@ -164,6 +164,8 @@ class Engine {
 
   // --- Lifecycle and observability ----------------------------------------------------------
   virtual EngineStats stats() const = 0;
+  // Called on the engine thread after each step, once the step's tokens and finished requests
+  // have been delivered (a caller may see its reply before the step is counted).
   virtual void SetStepObserver(StepObserver observer) = 0;
   // Stops admitting work (Unavailable), lets running requests finish until `deadline`, then
   // cancels the rest and joins the engine thread. Idempotent.

@@ -1,6 +1,9 @@
 #include "core/lora_kernel.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <utility>
 
 namespace loraserve::core {
 namespace {
@@ -28,8 +31,113 @@ class GatherLoraKernel : public LoraKernel {
   }
 };
 
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// Σ p[i]·q[i] with eight partial sums (vectorisable without reassociating one running sum).
+template <typename T>
+inline float Dot(const float* p, const T* q, int64_t n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int k = 0; k < 8; ++k) part[k] += p[i + k] * ToFloat(q[i + k]);
+  }
+  float sum = 0;
+  for (; i < n; ++i) sum += p[i] * ToFloat(q[i]);
+  for (int k = 0; k < 8; ++k) sum += part[k];
+  return sum;
+}
+
+// CPU: segments of a few rows (decode: one row per sequence) are computed row by row in one
+// parallel loop straight from the adapter weights (two small matrix-vector products per row, no
+// LibTorch op per segment); larger segments (prefill) keep the GEMM pair of the gather kernel.
+class CpuLoraKernel : public LoraKernel {
+ public:
+  static constexpr int64_t kMaxFusedRows = 8;
+
+  void AddSegments(const at::Tensor& x, at::Tensor& y,
+                   const std::vector<LoraSegment>& segments) const override {
+    const bool supported = x.device().is_cpu() && x.is_contiguous() && y.is_contiguous() &&
+                           x.scalar_type() == y.scalar_type() &&
+                           (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+    if (!supported) return gather_.AddSegments(x, y, segments);
+    std::vector<LoraSegment> large;
+    // Per output row, the small segments touching it, in segment order (rows are the unit of
+    // parallelism, so no two threads write one row).
+    std::vector<std::vector<int>> by_row(static_cast<size_t>(x.size(0)));
+    std::vector<int64_t> touched;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const LoraSegment& s = segments[i];
+      const RowSet& rows = *s.rows;
+      if (rows.size() == 0) continue;
+      if (rows.size() > kMaxFusedRows || !s.a->is_contiguous() || !s.b->is_contiguous() ||
+          s.a->scalar_type() != at::kFloat || s.b->scalar_type() != at::kFloat) {
+        large.push_back(s);
+        continue;
+      }
+      const int64_t* index = nullptr;
+      at::Tensor index_cpu;
+      if (rows.index.defined()) {
+        index_cpu = rows.index.to(at::kCPU, at::kLong).contiguous();
+        index = index_cpu.data_ptr<int64_t>();
+      }
+      for (int64_t k = 0; k < rows.size(); ++k) {
+        const int64_t r = index != nullptr ? index[k] : rows.begin + k;
+        if (by_row[r].empty()) touched.push_back(r);
+        by_row[r].push_back(static_cast<int>(i));
+      }
+    }
+    if (!large.empty()) gather_.AddSegments(x, y, large);
+    if (touched.empty()) return;
+    if (x.scalar_type() == at::kFloat) {
+      Run<float>(x, y, segments, by_row, touched);
+    } else {
+      Run<c10::BFloat16>(x, y, segments, by_row, touched);
+    }
+  }
+
+ private:
+  template <typename T>
+  static void Run(const at::Tensor& x, at::Tensor& y, const std::vector<LoraSegment>& segments,
+                  const std::vector<std::vector<int>>& by_row, const std::vector<int64_t>& touched) {
+    const int64_t in = x.size(1), out = y.size(1);
+    const T* xd = x.data_ptr<T>();
+    T* yd = y.data_ptr<T>();
+    at::parallel_for(0, static_cast<int64_t>(touched.size()), 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xf(static_cast<size_t>(in)), acc(static_cast<size_t>(out)), t;
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t r = touched[static_cast<size_t>(k)];
+        const T* xr = xd + r * in;
+        for (int64_t i = 0; i < in; ++i) xf[i] = ToFloat(xr[i]);
+        T* yr = yd + r * out;
+        for (int64_t o = 0; o < out; ++o) acc[o] = ToFloat(yr[o]);
+        for (int si : by_row[static_cast<size_t>(r)]) {
+          const LoraSegment& s = segments[static_cast<size_t>(si)];
+          const int64_t rank = s.a->size(0);
+          const float* a = s.a->data_ptr<float>();
+          const float* b = s.b->data_ptr<float>();
+          const float scale = static_cast<float>(s.scale);
+          t.resize(static_cast<size_t>(rank));
+          for (int64_t j = 0; j < rank; ++j) t[j] = Dot(xf.data(), a + j * in, in);
+          const float* bias = s.bias != nullptr ? s.bias->data_ptr<float>() : nullptr;
+          for (int64_t o = 0; o < out; ++o) {
+            float d = Dot(t.data(), b + o * rank, rank);
+            if (bias != nullptr) d += bias[o];
+            acc[o] += scale * d;
+          }
+        }
+        for (int64_t o = 0; o < out; ++o) yr[o] = static_cast<T>(acc[o]);
+      }
+    });
+  }
+
+  GatherLoraKernel gather_;
+};
+
 }  // namespace
 
 std::unique_ptr<LoraKernel> MakeGatherLoraKernel() { return std::make_unique<GatherLoraKernel>(); }
+
+std::unique_ptr<LoraKernel> MakeCpuLoraKernel() { return std::make_unique<CpuLoraKernel>(); }
 
 }  // namespace loraserve::core

@@ -44,6 +44,11 @@ class LoraKernel {
 // view, no copy, for contiguous ranges).
 std::unique_ptr<LoraKernel> MakeGatherLoraKernel();
 
+// CPU implementation: segments of at most a few rows (decode) computed row by row in one parallel
+// loop from the adapter weights, larger ones as in the gather kernel; tensors it cannot take (other
+// devices, dtypes) go to the gather kernel. Same results up to float rounding.
+std::unique_ptr<LoraKernel> MakeCpuLoraKernel();
+
 }  // namespace loraserve::core
 
 #endif  // LORASERVE_CORE_LORA_KERNEL_H_

@@ -314,8 +314,11 @@ class BatchHooks : public ForwardHooks {
 
 }  // namespace
 
-LoraModel::LoraModel(Model* model)
-    : model_(model), state_(std::make_unique<State>()), kernel_(MakeGatherLoraKernel()) {
+LoraModel::LoraModel(Model* model, std::unique_ptr<LoraKernel> kernel)
+    : model_(model), state_(std::make_unique<State>()), kernel_(std::move(kernel)) {
+  if (kernel_ == nullptr) {
+    kernel_ = model_->options().device.is_cpu() ? MakeCpuLoraKernel() : MakeGatherLoraKernel();
+  }
   for (const LinearModule& lm : model_->linears()) {
     state_->original_weight.push_back(lm.weight);
     state_->original_bias.push_back(lm.bias);

@@ -27,7 +27,9 @@ namespace loraserve::core {
 class LoraModel {
  public:
   // `model` must outlive this object; its weights at construction are "the checkpoint".
-  explicit LoraModel(Model* model);
+  // `kernel` computes the LoRA products; null = MakeCpuLoraKernel() on a CPU model, else
+  // MakeGatherLoraKernel().
+  explicit LoraModel(Model* model, std::unique_ptr<LoraKernel> kernel = nullptr);
   ~LoraModel();
 
   Model& model() { return *model_; }
