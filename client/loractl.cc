@@ -1120,6 +1120,7 @@ int RunScore(Context& ctx) {
   FlagValues values(args);
   values.Int("top_logprobs", &req.top_logprobs, 0, 20);
   if (!values.ok()) return ctx.Usage(values.error());
+  req.full_logits = args.Bool("full_logits");
   if (req.token_ids.empty()) {
     auto ids = ctx.client().Tokenize(text, !args.Bool("no_special_tokens"), false, ctx.call());
     if (!ids.ok()) return ctx.Fail(ids.status());
@@ -1142,14 +1143,23 @@ int RunScore(Context& ctx) {
       tokens.push_back(texts.count(id) ? Json(texts.at(id)) : Json(nullptr));
     Json top = Json::array();
     for (const auto& row : r->top_logprobs) top.push_back(TopJson(row, texts));
-    ctx.Emit({{"adapter", req.adapter},
-              {"num_tokens", r->num_tokens},
-              {"vocab_size", r->vocab_size},
-              {"token_ids", req.token_ids},
-              {"tokens", tokens},
-              {"token_logprobs", r->token_logprobs},
-              {"top_logprobs", top},
-              {"total_logprob", total}});
+    Json doc = {{"adapter", req.adapter},
+                {"num_tokens", r->num_tokens},
+                {"vocab_size", r->vocab_size},
+                {"token_ids", req.token_ids},
+                {"tokens", tokens},
+                {"token_logprobs", r->token_logprobs},
+                {"top_logprobs", top},
+                {"total_logprob", total}};
+    if (req.full_logits) {
+      Json logits = Json::array();  // [num_tokens][vocab_size]
+      for (int64_t t = 0; t < r->num_tokens; ++t) {
+        const auto row = r->logits.begin() + t * r->vocab_size;
+        logits.push_back(std::vector<float>(row, row + r->vocab_size));
+      }
+      doc["logits"] = std::move(logits);
+    }
+    ctx.Emit(doc);
     return 0;
   }
   // Row t: token t, log p(token t | tokens before it), and (with --top_logprobs) what the model
@@ -1172,6 +1182,10 @@ int RunScore(Context& ctx) {
   }
   PrintTable(rows, {0, 1, 3});
   if (with_top) std::printf("next: %s\n", top_of(r->top_logprobs.size() - 1).c_str());
+  if (req.full_logits) {
+    std::printf("full logits: %lld x %lld floats received (--json prints them)\n",
+                static_cast<long long>(r->num_tokens), static_cast<long long>(r->vocab_size));
+  }
   std::printf("total logprob %.4f over %zu tokens", total, scored);
   if (scored > 0) std::printf(", perplexity %.4g", std::exp(-total / static_cast<double>(scored)));
   std::printf("\n");
@@ -1430,6 +1444,8 @@ const std::vector<Command>& Commands() {
         {adapter,
          token_ids,
          top_logprobs,
+         {"full_logits", FlagKind::kBool, "",
+          "also fetch every position's logits (--json: \"logits\", num_tokens x vocab_size)"},
          {"no_special_tokens", FlagKind::kBool, "", "tokenize TEXT without special tokens"}}));
     c->push_back(Cmd("tokenize", "TEXT", 1, 1, RunTokenize,
                      "token ids of TEXT (\"-\" = stdin), with BOS", "",

@@ -23,6 +23,7 @@ Usage: cli_test.py --loractl BIN --loraserve BIN --model DIR --adapter_root DIR
 import argparse
 import hashlib
 import json
+import math
 import os
 import pty
 import select
@@ -368,6 +369,20 @@ def generate_and_score(cli, prompt_ids):
           and len(sc["top_logprobs"]) == len(prompt_ids) and len(sc["top_logprobs"][-1]) == 3
           and sc["vocab_size"] > 0, f"score --json {sc}")
     check(sc["top_logprobs"][-1][0]["id"] == first, f"score top-1 {sc['top_logprobs'][-1][0]} vs greedy {first}")
+    # --full_logits: every position's logits; the last row's argmax is greedy's first token and
+    # log_softmax of row t at token t+1 is that token's logprob.
+    full = cli.json("score", "--full_logits", "--token_ids", ids_arg)
+    rows = full["logits"]
+    check(len(rows) == len(prompt_ids) and all(len(r) == full["vocab_size"] for r in rows),
+          "score --full_logits shape")
+    check(max(range(full["vocab_size"]), key=lambda v: rows[-1][v]) == first,
+          "score --full_logits argmax vs greedy")
+    row0 = rows[0]
+    m = max(row0)
+    lse = m + math.log(sum(math.exp(v - m) for v in row0))
+    check(abs((row0[prompt_ids[1]] - lse) - full["token_logprobs"][0]) < 1e-3,
+          "score --full_logits log_softmax vs token_logprobs")
+    check("full logits: " in cli("score", "--full_logits", PROMPT).out, "score --full_logits human line")
     check(abs(sc["total_logprob"] - sum(sc["token_logprobs"])) < 1e-3, "total_logprob")
     check(cli.json("score", PROMPT)["token_ids"] == prompt_ids, "score TEXT tokenized server-side")
     human = cli("score", "--top_logprobs", "2", PROMPT).out.splitlines()
