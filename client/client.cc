@@ -1,11 +1,9 @@
 #include "client/client.h"
 
 #include <grpcpp/grpcpp.h>
-#include <openssl/evp.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -18,11 +16,11 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "loraserve/v1/adapter_service.grpc.pb.h"
 #include "loraserve/v1/inference_service.grpc.pb.h"
+#include "transfer/file_transfer.h"
 
 namespace loraserve {
 namespace {
@@ -35,46 +33,6 @@ constexpr char kAuthorizationKey[] = "authorization";
 constexpr char kRetryAfterKey[] = "retry-after-ms";
 constexpr char kRequestIdPayload[] = "type.loraserve.dev/request-id";
 constexpr char kRetryAfterPayload[] = "type.loraserve.dev/retry-after-ms";
-constexpr int kMaxTransferFiles = 16;
-
-class Sha256 {
- public:
-  Sha256() : md_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(md_, EVP_sha256(), nullptr); }
-  ~Sha256() { EVP_MD_CTX_free(md_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-  void Update(const std::string& data) { EVP_DigestUpdate(md_, data.data(), data.size()); }
-  std::string HexDigest() {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(md_, digest, &len);
-    static const char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-      out += kHex[digest[i] >> 4];
-      out += kHex[digest[i] & 15];
-    }
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* md_;
-};
-
-// Same rule as the server's: 1 to 4 components of [A-Za-z0-9._-], none starting with '.'.
-absl::Status ValidateTransferPath(const std::string& path) {
-  std::vector<std::string> parts = absl::StrSplit(path, '/');
-  bool ok = !path.empty() && parts.size() <= 4;
-  for (const std::string& p : parts) {
-    ok = ok && !p.empty() && p.size() <= 255 && p.front() != '.';
-    for (char c : p) {
-      ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
-    }
-  }
-  if (!ok) return absl::InvalidArgumentError(absl::StrCat("unsafe file path \"", path, "\""));
-  return absl::OkStatus();
-}
-
 std::string ToString(const grpc::string_ref& s) { return std::string(s.data(), s.size()); }
 
 void ReadTrailers(const grpc::ClientContext& ctx, CallInfo* info) {
@@ -159,79 +117,12 @@ GeneratedToken TokenFromProto(const pb::GeneratedToken& t) {
   return out;
 }
 
-// Writes a FileChunk stream into a directory: each file to "<path>.part", renamed once its size
-// and SHA-256 check out.
-class DirectoryWriter {
- public:
-  explicit DirectoryWriter(std::string dir) : dir_(std::move(dir)) {}
-  ~DirectoryWriter() {
-    if (file_ != nullptr) {
-      std::fclose(file_);
-      std::error_code ec;
-      fs::remove(part_, ec);
-    }
-  }
+// A local problem of the directory being uploaded (listing, reading): the caller's input.
+absl::Status LocalFileError(const absl::Status& s) {
+  if (s.ok() || s.code() == absl::StatusCode::kInvalidArgument) return s;
+  return absl::InvalidArgumentError(s.message());
+}
 
-  absl::Status Add(const pb::FileChunk& chunk) {
-    if (file_ == nullptr) {
-      absl::Status valid = ValidateTransferPath(chunk.path());
-      if (!valid.ok()) return valid;
-      if (chunk.offset() != 0) {
-        return absl::DataLossError(absl::StrCat(chunk.path(), ": stream starts at offset ", chunk.offset()));
-      }
-      if (static_cast<int>(files_.size()) >= kMaxTransferFiles) {
-        return absl::DataLossError("the server sent too many files");
-      }
-      path_ = chunk.path();
-      const fs::path final_path = fs::path(dir_) / path_;
-      std::error_code ec;
-      fs::create_directories(final_path.parent_path(), ec);
-      part_ = final_path.string() + ".part";
-      file_ = std::fopen(part_.c_str(), "wb");
-      if (file_ == nullptr) return absl::InternalError(absl::StrCat("cannot write ", part_));
-      size_ = 0;
-      hash_ = std::make_unique<Sha256>();
-    } else if (chunk.path() != path_ || chunk.offset() != size_) {
-      return absl::DataLossError(absl::StrCat("unexpected chunk ", chunk.path(), "@", chunk.offset(),
-                                              " while receiving ", path_, "@", size_));
-    }
-    const std::string& data = chunk.data();
-    if (!data.empty() && std::fwrite(data.data(), 1, data.size(), file_) != data.size()) {
-      return absl::InternalError(absl::StrCat("writing ", part_, " failed"));
-    }
-    hash_->Update(data);
-    size_ += static_cast<int64_t>(data.size());
-    if (!chunk.eof()) return absl::OkStatus();
-    const bool closed = std::fclose(file_) == 0;
-    file_ = nullptr;
-    const std::string digest = hash_->HexDigest();
-    if (!closed) return absl::InternalError(absl::StrCat("writing ", part_, " failed"));
-    if (chunk.size() != size_ || chunk.sha256() != digest) {
-      std::error_code ec;
-      fs::remove(part_, ec);
-      return absl::DataLossError(absl::StrCat(path_, ": size or SHA-256 mismatch"));
-    }
-    std::error_code ec;
-    fs::rename(part_, fs::path(dir_) / path_, ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot rename ", part_, ": ", ec.message()));
-    files_.push_back({path_, size_, digest});
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<std::vector<TransferredFile>> Finish() {
-    if (file_ != nullptr) return absl::DataLossError(absl::StrCat(path_, " ended without its eof chunk"));
-    return files_;
-  }
-
- private:
-  std::string dir_;
-  std::string path_;
-  std::string part_;
-  std::FILE* file_ = nullptr;
-  int64_t size_ = 0;
-  std::unique_ptr<Sha256> hash_;
-  std::vector<TransferredFile> files_;
-};
 
 }  // namespace
 
@@ -407,30 +298,48 @@ struct Client::Impl {
   absl::StatusOr<std::vector<TransferredFile>> Download(
       grpc::ClientContext* ctx, grpc::ClientReaderInterface<Response>* reader,
       const std::string& out_dir, const CallOptions& call, const ProgressCallback& progress) {
-    DirectoryWriter writer(out_dir);
+    // Made on the first message, which announces the total size (0 from a server that does not).
+    std::unique_ptr<transfer::DirectoryWriter> writer;
+    int64_t announced = 0;
+    std::vector<TransferredFile> files;
     Response msg;
     absl::Status local;
     TransferProgress p;
+    // The writer's InvalidArgument means the server's stream was bad: DataLoss for the caller.
+    auto from_server = [](absl::Status s) {
+      return s.code() == absl::StatusCode::kInvalidArgument ? absl::DataLossError(s.message()) : s;
+    };
     while (reader->Read(&msg)) {
       if (!local.ok()) continue;  // drain after a local error; the call is being cancelled
-      if (msg.total_bytes() > 0) p.total_bytes = msg.total_bytes();
-      local = writer.Add(msg.chunk());
+      if (writer == nullptr) {
+        announced = msg.total_bytes();
+        p.total_bytes = announced;
+        writer = std::make_unique<transfer::DirectoryWriter>(out_dir,
+                                                             announced > 0 ? announced : INT64_MAX);
+      }
+      const pb::FileChunk& chunk = msg.chunk();
+      local = from_server(writer->Add(chunk));
       if (!local.ok()) {
         ctx->TryCancel();
         continue;
       }
+      if (chunk.eof()) files.push_back({chunk.path(), chunk.size(), chunk.sha256()});
       if (progress) {
-        p.path = msg.chunk().path();
-        p.bytes_done += static_cast<int64_t>(msg.chunk().data().size());
+        p.path = chunk.path();
+        p.bytes_done += static_cast<int64_t>(chunk.data().size());
         p.total_bytes = std::max(p.total_bytes, p.bytes_done);
-        if (msg.chunk().eof()) ++p.files_done;
+        if (chunk.eof()) ++p.files_done;
         progress(p);
       }
     }
     absl::Status s = Complete(*ctx, reader->Finish(), call, 1);
     if (!local.ok()) return local;
     if (!s.ok()) return s;
-    return writer.Finish();
+    if (writer != nullptr) {
+      absl::Status finished = from_server(writer->Finish(announced));
+      if (!finished.ok()) return finished;
+    }
+    return files;
   }
 };
 
@@ -638,27 +547,22 @@ absl::StatusOr<AdapterInfo> Client::LoadAdapter(const std::string& name, const s
 absl::StatusOr<AdapterInfo> Client::UploadAdapter(const std::string& name, const std::string& dir,
                                                   const CallOptions& call,
                                                   const ProgressCallback& progress) {
-  // List and hash the files first: the server wants the total size up front.
-  std::vector<std::string> files;
+  // List the files first: the server wants the total size up front.
   std::error_code ec;
-  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (!it->is_regular_file()) continue;
-    std::string rel = fs::relative(it->path(), dir, ec).generic_string();
-    absl::Status valid = ValidateTransferPath(rel);
-    if (!valid.ok()) return valid;
-    files.push_back(std::move(rel));
+  if (!fs::is_directory(dir, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot list ", dir, ": ", ec ? ec.message() : std::string("not a directory")));
   }
-  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
-  if (files.empty()) return absl::InvalidArgumentError(absl::StrCat(dir, " has no files"));
-  if (static_cast<int>(files.size()) > kMaxTransferFiles) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, " has more than ", kMaxTransferFiles, " files"));
+  const int64_t chunk_bytes = impl_->options.upload_chunk_bytes;
+  absl::StatusOr<std::unique_ptr<transfer::DirectoryReader>> listed =
+      transfer::DirectoryReader::Open(dir, chunk_bytes);
+  if (!listed.ok()) return LocalFileError(listed.status());
+  if ((*listed)->num_files() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, " has no files"));
   }
-  std::sort(files.begin(), files.end());
-  int64_t total = 0;
-  for (const auto& f : files) total += static_cast<int64_t>(fs::file_size(fs::path(dir) / f, ec));
+  const int64_t total = (*listed)->total_bytes();
 
   pb::UploadAdapterResponse resp;
-  std::string buf(static_cast<size_t>(impl_->options.upload_chunk_bytes), '\0');
   // One attempt: the whole directory again (the server answers OK for an identical adapter that
   // an earlier attempt loaded).
   auto attempt = [&](grpc::ClientContext* ctx, int n) -> absl::Status {
@@ -670,42 +574,26 @@ absl::StatusOr<AdapterInfo> Client::UploadAdapter(const std::string& name, const
     first.set_total_bytes(total);
     bool open = writer->Write(first);
     absl::Status local;
+    absl::StatusOr<std::unique_ptr<transfer::DirectoryReader>> files =
+        transfer::DirectoryReader::Open(dir, chunk_bytes);
+    if (!files.ok()) local = LocalFileError(files.status());
     TransferProgress p;
     p.total_bytes = total;
-    for (size_t i = 0; open && local.ok() && i < files.size(); ++i) {
-      std::FILE* f = std::fopen((fs::path(dir) / files[i]).c_str(), "rb");
-      if (f == nullptr) {
-        local = absl::InvalidArgumentError(absl::StrCat("cannot read ", files[i]));
+    while (open && local.ok()) {
+      pb::UploadAdapterRequest msg;
+      absl::StatusOr<bool> more = (*files)->Next(msg.mutable_chunk());
+      if (!more.ok()) {
+        local = LocalFileError(more.status());
         break;
       }
-      Sha256 hash;
-      int64_t offset = 0;
-      while (open) {
-        const size_t got = std::fread(buf.data(), 1, buf.size(), f);
-        const bool eof = got < buf.size();
-        pb::UploadAdapterRequest msg;
-        pb::FileChunk* chunk = msg.mutable_chunk();
-        chunk->set_path(files[i]);
-        chunk->set_offset(offset);
-        chunk->set_data(buf.data(), got);
-        hash.Update(chunk->data());
-        offset += static_cast<int64_t>(got);
-        if (eof) {
-          chunk->set_eof(true);
-          chunk->set_size(offset);
-          chunk->set_sha256(hash.HexDigest());
-        }
-        // A file of an exact multiple of the chunk size ends with an empty eof chunk.
-        open = writer->Write(msg);
-        if (open && progress) {
-          p.path = files[i];
-          p.bytes_done += static_cast<int64_t>(got);
-          if (eof) ++p.files_done;
-          progress(p);
-        }
-        if (eof) break;
+      if (!*more) break;
+      open = writer->Write(msg);
+      if (open && progress) {
+        p.path = msg.chunk().path();
+        p.bytes_done += static_cast<int64_t>(msg.chunk().data().size());
+        if (msg.chunk().eof()) ++p.files_done;
+        progress(p);
       }
-      std::fclose(f);
     }
     if (!local.ok()) ctx->TryCancel();
     if (open) writer->WritesDone();

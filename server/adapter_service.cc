@@ -16,7 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "core/engine.h"
-#include "server/file_transfer.h"
+#include "transfer/file_transfer.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
 
@@ -67,7 +67,7 @@ void RemoveUploads(ServiceEnv* env, const std::vector<AdapterProvenance>& gone) 
   }
   if (dirs.empty()) return;
   env->pool->Post([dirs = std::move(dirs)] {
-    for (const auto& d : dirs) RemoveTree(d);
+    for (const auto& d : dirs) transfer::RemoveTree(d);
   });
 }
 
@@ -132,10 +132,10 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
         if (!s.ok()) return s;
         reserved_ = true;
       }
-      auto dir = MakeUniqueDir(env_->config.upload_dir, "upload-");
+      auto dir = transfer::MakeUniqueDir(env_->config.upload_dir, "upload-");
       if (!dir.ok()) return dir.status();
       dir_ = *dir;
-      writer_ = std::make_unique<UploadWriter>(dir_, total_);
+      writer_ = std::make_unique<transfer::DirectoryWriter>(dir_, total_);
       if (!request_.has_chunk()) return absl::OkStatus();
     } else if (!request_.has_chunk()) {
       return absl::InvalidArgumentError("every message after the first must carry a chunk");
@@ -148,14 +148,14 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
     absl::Status s = writer_->Finish(total_);
     if (!s.ok()) return Fail(s);
     // The files' SHA-256s were verified as they arrived.
-    const absl::StatusOr<std::string> checksum = AdapterChecksum(writer_->sha256s());
+    const absl::StatusOr<std::string> checksum = transfer::AdapterChecksum(writer_->sha256s());
     if (!reserved_) {
       absl::StatusOr<std::optional<pb::Adapter>> same = AlreadyLoaded(*env_, *engine_, name_, checksum);
       if (!same.ok()) return Fail(same.status());
       if (same->has_value()) {
         // Nothing to load; the copy goes.
         writer_.reset();
-        RemoveTree(dir_);
+        transfer::RemoveTree(dir_);
         response_->set_already_loaded(true);
         *response_->mutable_adapter() = **std::move(same);
         Finish(call_.Complete(absl::OkStatus()));
@@ -189,7 +189,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
   void Fail(const absl::Status& status) {
     if (reserved_) env_->book.EndLoad(name_, std::nullopt);
     writer_.reset();
-    RemoveTree(dir_);
+    transfer::RemoveTree(dir_);
     Finish(call_.Complete(status));
   }
 
@@ -202,7 +202,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
   int64_t total_ = 0;
   bool reserved_ = false;
   std::string dir_;
-  std::unique_ptr<UploadWriter> writer_;
+  std::unique_ptr<transfer::DirectoryWriter> writer_;
 };
 
 // SaveAdapter / ExportMergedModel: the engine writes into a fresh scratch directory, then its
@@ -219,13 +219,13 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
 
   // Runs `produce` into a new scratch directory; its `done` (any thread) starts the streaming.
   void Start(const Producer& produce) {
-    auto dir = MakeUniqueDir(env_->config.scratch_dir, "out-");
+    auto dir = transfer::MakeUniqueDir(env_->config.scratch_dir, "out-");
     if (!dir.ok()) return FinishWith(dir.status());
     dir_ = *dir;
     produce(dir_, [this](absl::Status s) {
       if (!s.ok()) return FinishWith(s);
       env_->pool->Post([this] {
-        auto reader = DirectoryReader::Open(dir_, env_->config.file_chunk_bytes);
+        auto reader = transfer::DirectoryReader::Open(dir_, env_->config.file_chunk_bytes);
         if (!reader.ok()) return FinishWith(reader.status());
         reader_ = *std::move(reader);
         WriteNext();
@@ -242,7 +242,7 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
 
   void OnDone() override {
     if (!dir_.empty()) {
-      env_->pool->Post([dir = dir_] { RemoveTree(dir); });
+      env_->pool->Post([dir = dir_] { transfer::RemoveTree(dir); });
     }
     delete this;
   }
@@ -266,7 +266,7 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
   ServiceEnv* const env_;
   RpcCall call_;
   std::string dir_;
-  std::unique_ptr<DirectoryReader> reader_;
+  std::unique_ptr<transfer::DirectoryReader> reader_;
   Response response_;
   int64_t bytes_ = 0;
   bool first_sent_ = false;
@@ -346,7 +346,7 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
   }
   env_->pool->Post([c, engine, name, dir = *dir, response, reserved] {
     ServiceEnv* env = c->env;
-    const absl::StatusOr<std::string> checksum = AdapterChecksumOfDir(dir);
+    const absl::StatusOr<std::string> checksum = transfer::AdapterChecksumOfDir(dir);
     if (!reserved) {
       absl::StatusOr<std::optional<pb::Adapter>> same = AlreadyLoaded(*env, *engine, name, checksum);
       if (!same.ok()) return c->Finish(same.status());

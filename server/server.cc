@@ -13,7 +13,7 @@
 #include "core/engine.h"
 #include "server/adapter_service.h"
 #include "server/auth.h"
-#include "server/file_transfer.h"
+#include "transfer/file_transfer.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/service_env.h"
@@ -59,7 +59,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   if (options.upload_dir.empty()) {
     const char* tmp = std::getenv("TMPDIR");
-    auto dir = MakeUniqueDir(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "loraserve-");
+    auto dir = transfer::MakeUniqueDir(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", "loraserve-");
     if (!dir.ok()) return dir.status();
     s->private_upload_dir_ = *dir;
     env.config.upload_dir = *dir;
@@ -128,10 +128,10 @@ Server::~Server() {
   pool_.reset();  // runs the clean-up tasks still queued
   if (env_ != nullptr) {
     for (const AdapterProvenance& p : env_->book.ForgetAll()) {
-      if (p.origin == AdapterOrigin::kUpload) RemoveTree(p.upload_dir);
+      if (p.origin == AdapterOrigin::kUpload) transfer::RemoveTree(p.upload_dir);
     }
   }
-  RemoveTree(private_upload_dir_);
+  transfer::RemoveTree(private_upload_dir_);
 }
 
 int Server::metrics_port() const { return metrics_->http_port(); }

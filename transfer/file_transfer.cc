@@ -1,4 +1,4 @@
-#include "server/file_transfer.h"
+#include "transfer/file_transfer.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
-namespace loraserve::server {
+namespace loraserve::transfer {
 
 namespace fs = std::filesystem;
 
@@ -93,21 +93,27 @@ absl::Status ValidateTransferPath(absl::string_view path) {
   return absl::OkStatus();
 }
 
-struct UploadWriter::OpenFile {
-  std::string path;
+struct DirectoryWriter::OpenFile {
+  std::string path;   // relative, as sent
+  std::string final;  // where it goes once verified
+  std::string part;   // where it is written until then
   std::FILE* f = nullptr;
   int64_t size = 0;
   Sha256 hash;
   ~OpenFile() {
     if (f != nullptr) std::fclose(f);
+    if (!part.empty()) {
+      std::error_code ec;
+      fs::remove(part, ec);  // unfinished or refused: never leave it behind
+    }
   }
 };
 
-UploadWriter::UploadWriter(std::string dir, int64_t max_bytes)
+DirectoryWriter::DirectoryWriter(std::string dir, int64_t max_bytes)
     : dir_(std::move(dir)), max_bytes_(max_bytes) {}
-UploadWriter::~UploadWriter() = default;
+DirectoryWriter::~DirectoryWriter() = default;
 
-absl::Status UploadWriter::Add(const loraserve::v1::FileChunk& chunk) {
+absl::Status DirectoryWriter::Add(const loraserve::v1::FileChunk& chunk) {
   const std::string& path = chunk.path();
   if (current_ == nullptr || current_->path != path) {
     absl::Status valid = ValidateTransferPath(path);
@@ -126,16 +132,22 @@ absl::Status UploadWriter::Add(const loraserve::v1::FileChunk& chunk) {
       return absl::InvalidArgumentError(
           absl::StrCat("file ", path, ": first chunk at offset ", chunk.offset(), ", expected 0"));
     }
-    const std::string full = absl::StrCat(dir_, "/", path);
-    std::error_code ec;
-    fs::create_directories(fs::path(full).parent_path(), ec);
     auto file = std::make_unique<OpenFile>();
     file->path = path;
-    file->f = std::fopen(full.c_str(), "wbx");
+    file->final = absl::StrCat(dir_, "/", path);
+    std::error_code ec;
+    fs::create_directories(fs::path(file->final).parent_path(), ec);
+    // ".<name>.part": a transfer path component never starts with '.', so this cannot be (or
+    // overwrite) a file of the transfer.
+    const fs::path final_path(file->final);
+    const std::string part =
+        (final_path.parent_path() / absl::StrCat(".", final_path.filename().string(), ".part")).string();
+    file->f = std::fopen(part.c_str(), "wb");
     if (file->f == nullptr) {
       return absl::InternalError(absl::StrCat("cannot create upload file ", path, ": ",
                                               std::strerror(errno)));
     }
+    file->part = part;
     current_ = std::move(file);
   }
   OpenFile& f = *current_;
@@ -171,13 +183,17 @@ absl::Status UploadWriter::Add(const loraserve::v1::FileChunk& chunk) {
     return absl::InternalError(absl::StrCat("closing upload file ", path, " failed"));
   }
   f.f = nullptr;
+  std::error_code ec;
+  fs::rename(f.part, f.final, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot move ", path, " into place: ", ec.message()));
+  f.part.clear();
   done_[path] = f.size;
   sha256s_[path] = digest;
   current_.reset();
   return absl::OkStatus();
 }
 
-absl::Status UploadWriter::Finish(int64_t expected_total) {
+absl::Status DirectoryWriter::Finish(int64_t expected_total) {
   if (current_ != nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("upload ended inside file ", current_->path, " (no eof chunk)"));
@@ -279,4 +295,4 @@ void RemoveTree(const std::string& path) {
   fs::remove_all(path, ec);
 }
 
-}  // namespace loraserve::server
+}  // namespace loraserve::transfer

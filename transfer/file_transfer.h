@@ -1,8 +1,9 @@
-// Moving directories over the wire as loraserve.v1.FileChunk runs: UploadWriter assembles an upload
-// into a directory and checks sizes and SHA-256s; DirectoryReader cuts a directory into chunks.
-// Neither is thread-safe (one per RPC); both do blocking file I/O (run them on the WorkPool).
-#ifndef LORASERVE_SERVER_FILE_TRANSFER_H_
-#define LORASERVE_SERVER_FILE_TRANSFER_H_
+// Moving directories over the wire as loraserve.v1.FileChunk runs, for both ends (the server's
+// uploads and downloads, the client library's): DirectoryWriter assembles a chunk run into a
+// directory and checks sizes and SHA-256s; DirectoryReader cuts a directory into chunks. Neither is
+// thread-safe (one per transfer); both do blocking file I/O.
+#ifndef LORASERVE_TRANSFER_FILE_TRANSFER_H_
+#define LORASERVE_TRANSFER_FILE_TRANSFER_H_
 
 #include <cstdint>
 #include <cstdio>
@@ -16,7 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "loraserve/v1/files.pb.h"
 
-namespace loraserve::server {
+namespace loraserve::transfer {
 
 inline constexpr int kMaxTransferFiles = 16;
 
@@ -52,12 +53,14 @@ absl::StatusOr<std::string> AdapterChecksumOfDir(const std::string& dir);
 // not starting with '.'; InvalidArgument otherwise.
 absl::Status ValidateTransferPath(absl::string_view path);
 
-class UploadWriter {
+class DirectoryWriter {
  public:
-  // Writes below `dir` (which must exist); accepts at most `max_bytes` bytes in all (the size
-  // the upload announced, itself within the server's cap).
-  UploadWriter(std::string dir, int64_t max_bytes);
-  ~UploadWriter();
+  // Writes below `dir` (which must exist); accepts at most `max_bytes` bytes in all (e.g. the size
+  // an upload announced, itself within the server's cap). Each file is written to ".<name>.part"
+  // beside its final place and renamed there (replacing a file of that name) only once its size and SHA-256 check
+  // out; a file left unfinished is removed.
+  DirectoryWriter(std::string dir, int64_t max_bytes);
+  ~DirectoryWriter();
 
   // InvalidArgument for a bad path, an offset that does not continue the file, a chunk for a file
   // already ended, another file started before the current one ended, more than kMaxTransferFiles
@@ -92,6 +95,7 @@ class DirectoryReader {
   absl::StatusOr<bool> Next(loraserve::v1::FileChunk* chunk);
   // The size of all files together, as listed by Open.
   int64_t total_bytes() const { return total_bytes_; }
+  int num_files() const { return static_cast<int>(files_.size()); }
 
  private:
   DirectoryReader() = default;
@@ -110,6 +114,6 @@ absl::StatusOr<std::string> MakeUniqueDir(const std::string& parent, absl::strin
 // Removes `path` recursively; errors ignored (best effort clean-up).
 void RemoveTree(const std::string& path);
 
-}  // namespace loraserve::server
+}  // namespace loraserve::transfer
 
-#endif  // LORASERVE_SERVER_FILE_TRANSFER_H_
+#endif  // LORASERVE_TRANSFER_FILE_TRANSFER_H_
