@@ -6,26 +6,13 @@
 #include <cmath>
 #include <limits>
 
+#include "core/cpu_dot.h"
+
 namespace loraserve::core {
 namespace {
 
-inline float ToFloat(float x) { return x; }
-inline float ToFloat(c10::BFloat16 x) { return static_cast<float>(x); }
-
-// q·key with eight partial sums, so the compiler can vectorise it without reassociating one
-// running sum (no -ffast-math); `dim` need not be a multiple of eight.
-template <typename T>
-inline float Dot(const float* q, const T* key, int64_t dim) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t d = 0;
-  for (; d + 8 <= dim; d += 8) {
-    for (int i = 0; i < 8; ++i) part[i] += q[d + i] * ToFloat(key[d + i]);
-  }
-  float dot = 0;
-  for (; d < dim; ++d) dot += q[d] * ToFloat(key[d]);
-  for (int i = 0; i < 8; ++i) dot += part[i];
-  return dot;
-}
+using cpu::Dot;
+using cpu::ToFloat;
 
 template <typename T>
 void Run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

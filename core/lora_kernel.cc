@@ -5,6 +5,8 @@
 
 #include <utility>
 
+#include "core/cpu_dot.h"
+
 namespace loraserve::core {
 namespace {
 
@@ -31,22 +33,8 @@ class GatherLoraKernel : public LoraKernel {
   }
 };
 
-inline float ToFloat(float v) { return v; }
-inline float ToFloat(c10::BFloat16 v) { return static_cast<float>(v); }
-
-// Σ p[i]·q[i] with eight partial sums (vectorisable without reassociating one running sum).
-template <typename T>
-inline float Dot(const float* p, const T* q, int64_t n) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) part[k] += p[i + k] * ToFloat(q[i + k]);
-  }
-  float sum = 0;
-  for (; i < n; ++i) sum += p[i] * ToFloat(q[i]);
-  for (int k = 0; k < 8; ++k) sum += part[k];
-  return sum;
-}
+using cpu::Dot;
+using cpu::ToFloat;
 
 // CPU: segments of a few rows (decode: one row per sequence) are computed row by row in one
 // parallel loop straight from the adapter weights (two small matrix-vector products per row, no
