@@ -27,13 +27,15 @@ import math
 import os
 import pty
 import select
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
+from loraserve_process import LoraserveProcess  # noqa: E402 (tests/testing/)
 
 USAGE = 64
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION = 3, 5, 6, 9
@@ -51,44 +53,10 @@ def check(cond, what):
         raise Failure(what)
 
 
-class Server:
-    """A loraserve process on free ports; stop() sends SIGTERM and returns the exit status."""
-
-    def __init__(self, binary, model, adapter_root, workdir, name, extra=()):
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        port_file = os.path.join(workdir, f"{name}.port")
-        metrics_port_file = os.path.join(workdir, f"{name}.metrics_port")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [binary, "--model=" + model, "--adapter_root=" + adapter_root, "--listen=127.0.0.1:0",
-             "--port_file=" + port_file, "--metrics_listen=127.0.0.1:0",
-             "--metrics_port_file=" + metrics_port_file, "--threads=1", "--max_wait=1ms",
-             "--shutdown_grace=5s", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while not (os.path.exists(port_file) and os.path.exists(metrics_port_file)):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise Failure(f"loraserve ({name}) did not start:\n" + self.logs())
-            time.sleep(0.02)
-        with open(port_file) as f:
-            self.addr = "127.0.0.1:" + f.read().strip()
-        with open(metrics_port_file) as f:
-            self.metrics_addr = "127.0.0.1:" + f.read().strip()
-
-    def logs(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                raise Failure("loraserve did not exit within 30 s of SIGTERM")
-        return self.proc.returncode
+def Server(binary, model, adapter_root, workdir, name, extra=()):
+    """A loraserve process on free ports (tests/testing/loraserve_process.py)."""
+    return LoraserveProcess(binary, model, adapter_root, workdir, name,
+                            extra=("--shutdown_grace=5s", *extra), failure=Failure)
 
 
 class Result:

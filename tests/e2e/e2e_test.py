@@ -20,7 +20,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -29,6 +28,9 @@ import time
 import traceback
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
+from loraserve_process import LoraserveProcess  # noqa: E402 (tests/testing/)
 
 SKIP = 77
 RTOL = 1e-4
@@ -93,41 +95,11 @@ def check_close(what, got, expected, atol):
         raise Failure(f"{what}: max(|got - expected| - rtol*|expected|) = {worst:.3g} > atol {atol:g}")
 
 
-class Server:
-    def __init__(self, binary, shared, workdir):
-        self.workdir = workdir
-        self.log_path = os.path.join(workdir, "server.log")
-        port_file = os.path.join(workdir, "port")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [binary, "--model=" + os.path.join(shared, "fixtures/models/stories260K"),
-             "--adapter_root=" + os.path.join(shared, "fixtures/peft"),
-             "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0", "--port_file=" + port_file,
-             "--metrics_port_file=" + os.path.join(workdir, "metrics_port"),
-             "--threads=1", "--max_wait=1ms", "--shutdown_grace=10s"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while not os.path.exists(port_file):
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise Failure("loraserve did not start:\n" + self.logs())
-            time.sleep(0.05)
-        with open(port_file) as f:
-            self.port = int(f.read().strip())
-
-    def logs(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                raise Failure("loraserve did not exit within 30 s of SIGTERM")
-        return self.proc.returncode
+def Server(binary, shared, workdir):
+    """loraserve on the stories260K model and the PEFT fixtures (tests/testing/loraserve_process.py)."""
+    return LoraserveProcess(binary, os.path.join(shared, "fixtures/models/stories260K"),
+                            os.path.join(shared, "fixtures/peft"), workdir,
+                            extra=("--shutdown_grace=10s",), failure=Failure)
 
 
 class E2E:

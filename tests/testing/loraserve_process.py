@@ -1,0 +1,53 @@
+"""The real `loraserve` binary as a child process, for the Python end-to-end tests."""
+
+import os
+import signal
+import subprocess
+import time
+
+
+class LoraserveProcess:
+    """loraserve on free ports (gRPC and /metrics), logging to <workdir>/<name>.log.
+
+    Start-up failures raise `failure` (the caller's exception type) with the server's log;
+    stop() sends SIGTERM and returns the exit status.
+    """
+
+    def __init__(self, binary, model, adapter_root, workdir, name="server", extra=(),
+                 failure=RuntimeError):
+        self.failure = failure
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        port_file = os.path.join(workdir, f"{name}.port")
+        metrics_port_file = os.path.join(workdir, f"{name}.metrics_port")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [binary, "--model=" + model, "--adapter_root=" + adapter_root, "--listen=127.0.0.1:0",
+             "--port_file=" + port_file, "--metrics_listen=127.0.0.1:0",
+             "--metrics_port_file=" + metrics_port_file, "--threads=1", "--max_wait=1ms", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while not (os.path.exists(port_file) and os.path.exists(metrics_port_file)):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise failure(f"loraserve ({name}) did not start:\n" + self.logs())
+            time.sleep(0.02)
+        with open(port_file) as f:
+            self.port = int(f.read().strip())
+        with open(metrics_port_file) as f:
+            self.metrics_port = int(f.read().strip())
+        self.addr = f"127.0.0.1:{self.port}"
+        self.metrics_addr = f"127.0.0.1:{self.metrics_port}"
+
+    def logs(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise self.failure("loraserve did not exit within 30 s of SIGTERM")
+        return self.proc.returncode
