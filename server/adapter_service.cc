@@ -318,16 +318,13 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
                                                       pb::LoadAdapterResponse* response) {
   auto* c = new UnaryCall(env_, context, "LoadAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  c->call.set_adapter(request->name());
-  auto engine_or = c->call.Admit();
+  auto engine_or = EngineForAdapter(c->call, request->name());
   if (!engine_or.ok()) {
     c->Finish(engine_or.status());
     return reactor;
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
-  absl::Status valid = ValidateAdapterName(request->name(), "name");
-  absl::StatusOr<std::string> dir = valid.ok() ? ResolveUnderRoot(env_->config.adapter_root, request->path())
-                                              : absl::StatusOr<std::string>(valid);
+  absl::StatusOr<std::string> dir = ResolveUnderRoot(env_->config.adapter_root, request->path());
   if (!dir.ok()) {
     c->Finish(dir.status());
     return reactor;
