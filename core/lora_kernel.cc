@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "core/cpu_dot.h"
@@ -50,10 +51,9 @@ class CpuLoraKernel : public LoraKernel {
                            (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
     if (!supported) return gather_.AddSegments(x, y, segments);
     std::vector<LoraSegment> large;
-    // Per output row, the small segments touching it, in segment order (rows are the unit of
-    // parallelism, so no two threads write one row).
-    std::vector<std::vector<int>> by_row(static_cast<size_t>(x.size(0)));
-    std::vector<int64_t> touched;
+    // (row, segment) for every row of a small segment; sorted by row (segment order kept within a
+    // row), rows become the unit of parallelism, so no two threads write one row.
+    std::vector<std::pair<int64_t, int>> entries;
     for (size_t i = 0; i < segments.size(); ++i) {
       const LoraSegment& s = segments[i];
       const RowSet& rows = *s.rows;
@@ -70,37 +70,45 @@ class CpuLoraKernel : public LoraKernel {
         index = index_cpu.data_ptr<int64_t>();
       }
       for (int64_t k = 0; k < rows.size(); ++k) {
-        const int64_t r = index != nullptr ? index[k] : rows.begin + k;
-        if (by_row[r].empty()) touched.push_back(r);
-        by_row[r].push_back(static_cast<int>(i));
+        entries.emplace_back(index != nullptr ? index[k] : rows.begin + k, static_cast<int>(i));
       }
     }
     if (!large.empty()) gather_.AddSegments(x, y, large);
-    if (touched.empty()) return;
+    if (entries.empty()) return;
+    std::stable_sort(entries.begin(), entries.end(),
+                     [](const auto& l, const auto& r) { return l.first < r.first; });
+    // starts[k]: where the k-th distinct row's entries begin (plus the end).
+    std::vector<size_t> starts;
+    for (size_t e = 0; e < entries.size(); ++e) {
+      if (e == 0 || entries[e].first != entries[e - 1].first) starts.push_back(e);
+    }
+    starts.push_back(entries.size());
     if (x.scalar_type() == at::kFloat) {
-      Run<float>(x, y, segments, by_row, touched);
+      Run<float>(x, y, segments, entries, starts);
     } else {
-      Run<c10::BFloat16>(x, y, segments, by_row, touched);
+      Run<c10::BFloat16>(x, y, segments, entries, starts);
     }
   }
 
  private:
   template <typename T>
   static void Run(const at::Tensor& x, at::Tensor& y, const std::vector<LoraSegment>& segments,
-                  const std::vector<std::vector<int>>& by_row, const std::vector<int64_t>& touched) {
+                  const std::vector<std::pair<int64_t, int>>& entries,
+                  const std::vector<size_t>& starts) {
     const int64_t in = x.size(1), out = y.size(1);
     const T* xd = x.data_ptr<T>();
     T* yd = y.data_ptr<T>();
-    at::parallel_for(0, static_cast<int64_t>(touched.size()), 1, [&](int64_t begin, int64_t end) {
+    const int64_t num_rows = static_cast<int64_t>(starts.size()) - 1;
+    at::parallel_for(0, num_rows, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> xf(static_cast<size_t>(in)), acc(static_cast<size_t>(out)), t;
       for (int64_t k = begin; k < end; ++k) {
-        const int64_t r = touched[static_cast<size_t>(k)];
+        const int64_t r = entries[starts[static_cast<size_t>(k)]].first;
         const T* xr = xd + r * in;
         for (int64_t i = 0; i < in; ++i) xf[i] = ToFloat(xr[i]);
         T* yr = yd + r * out;
         for (int64_t o = 0; o < out; ++o) acc[o] = ToFloat(yr[o]);
-        for (int si : by_row[static_cast<size_t>(r)]) {
-          const LoraSegment& s = segments[static_cast<size_t>(si)];
+        for (size_t e = starts[static_cast<size_t>(k)]; e < starts[static_cast<size_t>(k) + 1]; ++e) {
+          const LoraSegment& s = segments[static_cast<size_t>(entries[e].second)];
           const int64_t rank = s.a->size(0);
           const float* a = s.a->data_ptr<float>();
           const float* b = s.b->data_ptr<float>();
