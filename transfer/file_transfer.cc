@@ -144,7 +144,7 @@ absl::Status DirectoryWriter::Add(const loraserve::v1::FileChunk& chunk) {
         (final_path.parent_path() / absl::StrCat(".", final_path.filename().string(), ".part")).string();
     file->f = std::fopen(part.c_str(), "wb");
     if (file->f == nullptr) {
-      return absl::InternalError(absl::StrCat("cannot create upload file ", path, ": ",
+      return absl::InternalError(absl::StrCat("cannot create file ", path, ": ",
                                               std::strerror(errno)));
     }
     file->part = part;
@@ -158,10 +158,10 @@ absl::Status DirectoryWriter::Add(const loraserve::v1::FileChunk& chunk) {
   const std::string& data = chunk.data();
   if (total_ + static_cast<int64_t>(data.size()) > max_bytes_) {
     return absl::InvalidArgumentError(
-        absl::StrCat("upload sends more than its announced ", max_bytes_, " bytes"));
+        absl::StrCat("transfer sends more than its announced ", max_bytes_, " bytes"));
   }
   if (!data.empty() && std::fwrite(data.data(), 1, data.size(), f.f) != data.size()) {
-    return absl::InternalError(absl::StrCat("writing upload file ", path, " failed"));
+    return absl::InternalError(absl::StrCat("writing file ", path, " failed"));
   }
   f.hash.Update(data);
   f.size += static_cast<int64_t>(data.size());
@@ -180,7 +180,7 @@ absl::Status DirectoryWriter::Add(const loraserve::v1::FileChunk& chunk) {
   }
   if (std::fclose(f.f) != 0) {
     f.f = nullptr;
-    return absl::InternalError(absl::StrCat("closing upload file ", path, " failed"));
+    return absl::InternalError(absl::StrCat("closing file ", path, " failed"));
   }
   f.f = nullptr;
   std::error_code ec;
@@ -196,11 +196,11 @@ absl::Status DirectoryWriter::Add(const loraserve::v1::FileChunk& chunk) {
 absl::Status DirectoryWriter::Finish(int64_t expected_total) {
   if (current_ != nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("upload ended inside file ", current_->path, " (no eof chunk)"));
+        absl::StrCat("transfer ended inside file ", current_->path, " (no eof chunk)"));
   }
-  if (done_.empty()) return absl::InvalidArgumentError("upload contained no files");
+  if (done_.empty()) return absl::InvalidArgumentError("transfer contained no files");
   if (expected_total > 0 && expected_total != total_) {
-    return absl::InvalidArgumentError(absl::StrCat("upload announced ", expected_total,
+    return absl::InvalidArgumentError(absl::StrCat("transfer announced ", expected_total,
                                                    " bytes, received ", total_));
   }
   return absl::OkStatus();
