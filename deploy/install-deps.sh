@@ -8,7 +8,8 @@ PACKAGES=(
   build-essential cmake make ccache pkg-config
   libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libre2-dev libssl-dev
+  libabsl-dev prometheus-cpp-dev nlohmann-json3-dev libre2-dev libssl-dev libcli11-dev
+  libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-grpcio python3-protobuf python3-numpy
   curl openssl
