@@ -23,10 +23,10 @@
 #include <string>
 #include <vector>
 
-#include "core/lora_adapter.h"
-#include "core/lora_model.h"
-#include "core/model.h"
-#include "core/model_maker.h"
+#include "core/lora/lora_adapter.h"
+#include "core/lora/lora_model.h"
+#include "core/model/model.h"
+#include "core/model/model_maker.h"
 
 namespace loraserve::core {
 namespace {

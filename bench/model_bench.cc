@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "core/model.h"
-#include "core/model_maker.h"
+#include "core/model/model.h"
+#include "core/model/model_maker.h"
 
 namespace loraserve::core {
 namespace {

@@ -2,8 +2,8 @@
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 
-#include "core/file_util.h"
-#include "core/tensor_io.h"
+#include "core/io/file_util.h"
+#include "core/io/tensor_io.h"
 
 namespace loraserve::core {
 namespace {

@@ -15,10 +15,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "core/engine.h"
-#include "transfer/file_transfer.h"
+#include "core/engine/engine.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
+#include "transfer/file_transfer.h"
 
 namespace loraserve::server {
 namespace {

@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "core/engine.h"
+#include "core/engine/engine.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
 

@@ -17,7 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "core/engine.h"
+#include "core/engine/engine.h"
 #include "server/http_endpoint.h"
 
 namespace loraserve::server {

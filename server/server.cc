@@ -10,15 +10,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "core/engine.h"
+#include "core/engine/engine.h"
 #include "server/adapter_service.h"
 #include "server/auth.h"
-#include "transfer/file_transfer.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/service_env.h"
 #include "server/tls.h"
 #include "server/work_pool.h"
+#include "transfer/file_transfer.h"
 
 namespace loraserve::server {
 

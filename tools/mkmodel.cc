@@ -6,7 +6,8 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
-#include "core/model_maker.h"
+#include "core/lora/demo_adapters.h"
+#include "core/model/model_maker.h"
 
 namespace {
 

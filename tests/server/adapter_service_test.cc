@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "core/safetensors.h"
+#include "core/io/safetensors.h"
 #include "loraserve/v1/adapter_service.grpc.pb.h"
 #include "tests/server/server_test_env.h"
 #include "tests/testing/fixtures.h"

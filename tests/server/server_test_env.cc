@@ -15,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "core/json_file.h"
-#include "core/safetensors.h"
+#include "core/io/json_file.h"
+#include "core/io/safetensors.h"
 #include "tests/testing/fixtures.h"
 
 namespace loraserve::testing {

@@ -18,7 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/client.h"
-#include "core/engine.h"
+#include "core/engine/engine.h"
 #include "server/server.h"
 
 namespace loraserve::testing {

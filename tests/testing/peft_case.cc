@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "core/tensor_io.h"
+#include "core/io/tensor_io.h"
 #include "tests/testing/fixtures.h"
 
 namespace loraserve::testing {

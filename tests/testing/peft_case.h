@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "core/json_file.h"
+#include "core/io/json_file.h"
 
 namespace loraserve::testing {
 

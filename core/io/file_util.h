@@ -1,0 +1,30 @@
+// Small file-system helpers shared by the readers and writers in core/.
+#ifndef LORASERVE_CORE_IO_FILE_UTIL_H_
+#define LORASERVE_CORE_IO_FILE_UTIL_H_
+
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace loraserve::core {
+
+// Reads a whole file. NotFound if it does not exist, InvalidArgument if it cannot be read or is
+// larger than `max_bytes`.
+absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes = 1ull << 30);
+
+// Writes `contents` to `path` atomically: a temporary file in the same directory, fsync, rename.
+// A reader never sees a partial file; on failure the previous file (if any) is untouched.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+// `a/b` with exactly one separator.
+std::string JoinPath(absl::string_view a, absl::string_view b);
+
+bool FileExists(const std::string& path);
+bool IsDirectory(const std::string& path);
+
+}  // namespace loraserve::core
+
+#endif  // LORASERVE_CORE_IO_FILE_UTIL_H_

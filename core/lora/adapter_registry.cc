@@ -1,0 +1,205 @@
+#include "core/lora/adapter_registry.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
+#include "core/io/file_util.h"
+
+namespace loraserve::core {
+
+AdapterRegistry::AdapterRegistry(const Model& model, std::function<at::Tensor(int)> base_weight,
+                                 AdapterRegistryOptions options)
+    : model_(model), base_weight_(std::move(base_weight)), options_(std::move(options)) {
+  spill_dir_ = options_.spill_dir;
+}
+
+AdapterRegistry::~AdapterRegistry() {
+  absl::MutexLock lock(&mu_);
+  if (own_spill_dir_) {
+    std::error_code ec;
+    std::filesystem::remove_all(spill_dir_, ec);
+  }
+}
+
+AdapterInfo AdapterRegistry::Describe(const LoraAdapter& a, std::vector<std::string> warnings) {
+  AdapterInfo info;
+  info.name = a.name();
+  info.source_dir = a.source_dir();
+  info.resident = true;
+  info.bytes = a.bytes();
+  info.max_rank = a.max_rank();
+  for (const LoraModule& m : a.modules()) {
+    info.ranks.push_back(m.rank);
+    info.target_modules.push_back(m.name);
+  }
+  info.dora = a.has_dora();
+  info.has_head = a.head().defined();
+  info.base_model_name_or_path = a.config().base_model_name_or_path;
+  info.warnings = std::move(warnings);
+  return info;
+}
+
+absl::StatusOr<AdapterInfo> AdapterRegistry::Load(const std::string& name, const std::string& dir) {
+  LORASERVE_RETURN_IF_ERROR(ValidateAdapterName(name));
+  if (Contains(name)) return absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already loaded"));
+  std::vector<std::string> warnings;
+  LORASERVE_ASSIGN_OR_RETURN(auto adapter,
+                             LoraAdapter::Load(name, dir, model_, base_weight_, options_.load, &warnings));
+  return Insert(std::move(adapter), std::move(warnings));
+}
+
+absl::StatusOr<AdapterInfo> AdapterRegistry::Add(std::shared_ptr<const LoraAdapter> adapter) {
+  if (adapter == nullptr) return absl::InvalidArgumentError("no adapter");
+  return Insert(std::move(adapter), {});
+}
+
+absl::StatusOr<AdapterInfo> AdapterRegistry::Insert(std::shared_ptr<const LoraAdapter> adapter,
+                                                    std::vector<std::string> warnings) {
+  absl::MutexLock lock(&mu_);
+  const std::string name = adapter->name();
+  if (entries_.count(name)) return absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already loaded"));
+  Entry e;
+  e.info = Describe(*adapter, std::move(warnings));
+  e.adapter = std::move(adapter);
+  resident_bytes_ += e.info.bytes;
+  entries_.emplace(name, std::move(e));
+  lru_.push_front(name);
+  EvictLocked(name);
+  return entries_.at(name).info;
+}
+
+void AdapterRegistry::Touch(const std::string& name) {
+  lru_.remove(name);
+  lru_.push_front(name);
+}
+
+absl::StatusOr<std::string> AdapterRegistry::SpillDirLocked() {
+  if (!spill_dir_.empty()) return spill_dir_;
+  std::string templ = "/tmp/loraserve-spill-XXXXXX";
+  if (mkdtemp(templ.data()) == nullptr) return absl::InternalError("cannot create a spill directory");
+  spill_dir_ = templ;
+  own_spill_dir_ = true;
+  return spill_dir_;
+}
+
+void AdapterRegistry::EvictLocked(const std::string& keep) {
+  if (options_.budget_bytes <= 0) return;
+  for (auto it = lru_.rbegin(); it != lru_.rend() && resident_bytes_ > options_.budget_bytes; ++it) {
+    if (*it == keep) continue;
+    Entry& e = entries_.at(*it);
+    if (e.adapter == nullptr || e.info.pinned) continue;
+    if (e.info.source_dir.empty()) {
+      // No files to reload from: write the adapter out first (PEFT format).
+      auto dir = SpillDirLocked();
+      if (!dir.ok()) continue;
+      const std::string path = JoinPath(*dir, e.info.name);
+      ::mkdir(path.c_str(), 0755);
+      if (!SaveAdapter(*e.adapter, path).ok()) continue;
+      e.info.source_dir = path;
+    }
+    resident_bytes_ -= e.info.bytes;
+    e.info.resident = false;
+    e.adapter.reset();  // forwards holding it keep it alive
+    ++evictions_;
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterRegistry::Get(const std::string& name) {
+  std::string dir;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+    ++it->second.info.uses;
+    Touch(name);
+    if (it->second.adapter != nullptr) return it->second.adapter;
+    dir = it->second.info.source_dir;
+  }
+  // Reload outside the lock; another thread may do the same, the first to finish wins.
+  auto loaded = LoraAdapter::Load(name, dir, model_, base_weight_, options_.load);
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " was deleted"));
+  if (it->second.adapter != nullptr) return it->second.adapter;
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("reloading evicted adapter ", name, ": ", loaded.status().message()));
+  }
+  std::shared_ptr<const LoraAdapter> adapter = *std::move(loaded);
+  it->second.adapter = adapter;
+  it->second.info.resident = true;
+  it->second.info.bytes = adapter->bytes();
+  resident_bytes_ += adapter->bytes();
+  ++reloads_;
+  EvictLocked(name);
+  return adapter;
+}
+
+absl::Status AdapterRegistry::Delete(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+  if (it->second.info.pinned) {
+    return absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is merged; unmerge it before deleting"));
+  }
+  if (it->second.adapter != nullptr) resident_bytes_ -= it->second.info.bytes;
+  entries_.erase(it);
+  lru_.remove(name);
+  return absl::OkStatus();
+}
+
+absl::Status AdapterRegistry::SetPinned(const std::string& name, bool pinned) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+  it->second.info.pinned = pinned;
+  if (!pinned) EvictLocked("");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AdapterInfo> AdapterRegistry::Info(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+  return it->second.info;
+}
+
+std::vector<AdapterInfo> AdapterRegistry::List() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<AdapterInfo> out;
+  for (const auto& [name, e] : entries_) out.push_back(e.info);
+  return out;
+}
+
+bool AdapterRegistry::Contains(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  return entries_.count(name) > 0;
+}
+
+void AdapterRegistry::Clear() {
+  absl::MutexLock lock(&mu_);
+  entries_.clear();
+  lru_.clear();
+  resident_bytes_ = 0;
+}
+
+int64_t AdapterRegistry::resident_bytes() const {
+  absl::MutexLock lock(&mu_);
+  return resident_bytes_;
+}
+
+int64_t AdapterRegistry::evictions() const {
+  absl::MutexLock lock(&mu_);
+  return evictions_;
+}
+
+int64_t AdapterRegistry::reloads() const {
+  absl::MutexLock lock(&mu_);
+  return reloads_;
+}
+
+}  // namespace loraserve::core

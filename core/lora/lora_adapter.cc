@@ -1,0 +1,379 @@
+#include "core/lora/lora_adapter.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
+#include "core/base/torch_status.h"
+#include "core/io/file_util.h"
+#include "core/io/json_file.h"
+#include "core/io/tensor_io.h"
+
+namespace loraserve::core {
+namespace {
+
+absl::Status Invalid(const std::string& adapter, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("adapter ", adapter, ": ", what));
+}
+
+// What one saved key holds.
+enum class KeyKind { kLoraA, kLoraB, kLoraBias, kMagnitude, kEmbedA, kEmbedB, kBaseLayer, kSaved };
+
+struct KeySuffix {
+  absl::string_view suffix;
+  KeyKind kind;
+};
+
+constexpr KeySuffix kSuffixes[] = {
+    {".lora_A.weight", KeyKind::kLoraA},
+    {".lora_B.weight", KeyKind::kLoraB},
+    {".lora_B.bias", KeyKind::kLoraBias},
+    {".lora_magnitude_vector", KeyKind::kMagnitude},
+    {".lora_embedding_A", KeyKind::kEmbedA},
+    {".lora_embedding_B", KeyKind::kEmbedB},
+    {".base_layer.weight", KeyKind::kBaseLayer},
+};
+
+struct ModuleTensors {
+  at::Tensor a, b, bias, magnitude, embed_a, embed_b, base_layer;
+};
+
+}  // namespace
+
+at::Tensor LoraModule::Delta() const {
+  at::Tensor d = at::matmul(b, a) * scaling;
+  return is_embedding() ? d.t().contiguous() : d;
+}
+
+absl::Status ValidateAdapterName(const std::string& name) {
+  if (name.empty() || name.size() > 128) {
+    return absl::InvalidArgumentError("adapter name must be 1 to 128 characters");
+  }
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("adapter name \"", name, "\" may only contain [A-Za-z0-9._-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::Load(
+    const std::string& name, const std::string& dir, const Model& model,
+    const std::function<at::Tensor(int)>& base_weight, const AdapterLoadOptions& options,
+    std::vector<std::string>* warnings) {
+  LORASERVE_RETURN_IF_ERROR(ValidateAdapterName(name));
+  if (!IsDirectory(dir)) return absl::NotFoundError(absl::StrCat("adapter directory ", dir, " not found"));
+  const std::string config_path = JoinPath(dir, "adapter_config.json");
+  LORASERVE_ASSIGN_OR_RETURN(Json json, ReadJsonFile(config_path));
+  LORASERVE_ASSIGN_OR_RETURN(LoraConfig config, LoraConfig::FromJson(json, config_path));
+  const std::string weights = JoinPath(dir, "adapter_model.safetensors");
+  if (!FileExists(weights)) {
+    if (FileExists(JoinPath(dir, "adapter_model.bin"))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "adapter ", name, ": only adapter_model.bin (legacy torch pickle) found in ", dir,
+          "; convert it to adapter_model.safetensors (PEFT save_pretrained(safe_serialization=True))"));
+    }
+    return absl::NotFoundError(absl::StrCat("adapter ", name, ": ", weights, " not found"));
+  }
+  LORASERVE_ASSIGN_OR_RETURN(auto tensors, LoadSafetensors(weights));
+  LORASERVE_ASSIGN_OR_RETURN(auto adapter,
+                             FromTensors(name, config, tensors, model, base_weight, options, warnings));
+  const_cast<LoraAdapter*>(adapter.get())->source_dir_ = dir;
+  return adapter;
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
+    const std::string& name, const LoraConfig& config,
+    const std::map<std::string, at::Tensor>& tensors, const Model& model,
+    const std::function<at::Tensor(int)>& base_weight, const AdapterLoadOptions& options,
+    std::vector<std::string>* warnings) {
+  LORASERVE_RETURN_IF_ERROR(ValidateAdapterName(name));
+  const ModelConfig& mc = model.config();
+  if (config.fan_in_fan_out && warnings != nullptr) {
+    warnings->push_back("fan_in_fan_out=true ignored: Llama-family layers are nn.Linear");
+  }
+  if (!config.base_model_name_or_path.empty() && warnings != nullptr) {
+    std::string base = config.base_model_name_or_path;
+    while (!base.empty() && base.back() == '/') base.pop_back();
+    const std::string tail = base.substr(base.find_last_of('/') + 1);
+    if (tail != model.name()) {
+      warnings->push_back(absl::StrCat("adapter was trained on \"", config.base_model_name_or_path,
+                                       "\", the served model is \"", model.name(), "\""));
+    }
+  }
+  // 1. Sort keys into modules.
+  std::map<std::string, ModuleTensors> by_module;
+  std::map<std::string, at::Tensor> saved_bias;
+  at::Tensor saved_head;
+  for (const auto& [key, t] : tensors) {
+    if (!absl::StartsWith(key, kPeftPrefix)) {
+      return Invalid(name, absl::StrCat("key \"", key, "\" does not start with \"", kPeftPrefix, "\""));
+    }
+    const std::string rest = key.substr(std::string(kPeftPrefix).size());
+    bool matched = false;
+    for (const KeySuffix& s : kSuffixes) {
+      if (!absl::EndsWith(rest, s.suffix)) continue;
+      const std::string module = rest.substr(0, rest.size() - s.suffix.size());
+      ModuleTensors& m = by_module[module];
+      switch (s.kind) {
+        case KeyKind::kLoraA: m.a = t; break;
+        case KeyKind::kLoraB: m.b = t; break;
+        case KeyKind::kLoraBias: m.bias = t; break;
+        case KeyKind::kMagnitude: m.magnitude = t; break;
+        case KeyKind::kEmbedA: m.embed_a = t; break;
+        case KeyKind::kEmbedB: m.embed_b = t; break;
+        case KeyKind::kBaseLayer: m.base_layer = t; break;
+        case KeyKind::kSaved: break;
+      }
+      matched = true;
+      break;
+    }
+    if (matched) continue;
+    // bias="all"/"lora_only": the module's own bias (PEFT may keep it under base_layer).
+    if (absl::EndsWith(rest, ".bias")) {
+      std::string module = rest.substr(0, rest.size() - 5);
+      if (absl::EndsWith(module, ".base_layer")) module = module.substr(0, module.size() - 11);
+      if (config.bias == "none") {
+        return Invalid(name, absl::StrCat("key \"", key, "\" is a bias but the config says bias=\"none\""));
+      }
+      saved_bias[module] = t;
+      continue;
+    }
+    // modules_to_save: a full copy of the module's weight under its own path.
+    if (absl::EndsWith(rest, ".weight")) {
+      const std::string module = rest.substr(0, rest.size() - 7);
+      if (config.SavesModule(module)) {
+        if (module != kHeadModule) {
+          return Invalid(name, absl::StrCat("modules_to_save module \"", module,
+                                            "\" is not supported (only lm_head)"));
+        }
+        saved_head = t;
+        continue;
+      }
+    }
+    return Invalid(name, absl::StrCat("key \"", key, "\" is not a LoRA weight of any supported kind"));
+  }
+
+  std::shared_ptr<LoraAdapter> adapter(new LoraAdapter());
+  adapter->name_ = name;
+  adapter->config_ = config;
+  adapter->by_linear_.assign(model.linears().size(), nullptr);
+
+  // 2. Every module with keys must exist in the base model and be targeted by the config; every
+  //    targeted module must have keys.
+  std::set<std::string> targeted;
+  if (config.Targets(kEmbeddingModule, /*is_linear=*/false, /*is_output_head=*/false)) {
+    targeted.insert(kEmbeddingModule);
+  }
+  for (const LinearModule& lm : model.linears()) {
+    if (config.Targets(lm.name, /*is_linear=*/true, lm.name == kHeadModule)) targeted.insert(lm.name);
+  }
+  for (const auto& [module, mt] : by_module) {
+    const bool is_embed = module == kEmbeddingModule;
+    if (!is_embed && model.FindLinear(module) == nullptr) {
+      return Invalid(name, absl::StrCat("has weights for \"", module, "\", which matches no module of the base model"));
+    }
+    if (!targeted.count(module)) {
+      return Invalid(name, absl::StrCat("has weights for module \"", module,
+                                        "\" but its config does not target it"));
+    }
+  }
+  for (const std::string& module : targeted) {
+    if (!by_module.count(module)) {
+      return Invalid(name, absl::StrCat("config targets module \"", module,
+                                        "\" but the file has no weights for it"));
+    }
+  }
+  if (!config.modules_to_save.empty() && !saved_head.defined()) {
+    bool wants_head = config.SavesModule(kHeadModule);
+    if (wants_head) return Invalid(name, "modules_to_save lists lm_head but the file has no lm_head.weight");
+  }
+
+  // 3. Shapes, ranks, values.
+  absl::Status status = CallTorch("validating adapter " + name, [&]() -> absl::Status {
+    c10::InferenceMode guard;
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(model.options().device);
+    auto finite = [&](const at::Tensor& t, const std::string& what) -> absl::Status {
+      if (!at::isfinite(t).all().item<bool>()) {
+        return Invalid(name, absl::StrCat(what, " contains NaN or Inf"));
+      }
+      return absl::OkStatus();
+    };
+    auto shape_is = [&](const at::Tensor& t, std::vector<int64_t> want, const std::string& what) -> absl::Status {
+      if (t.sizes() != at::IntArrayRef(want)) {
+        return Invalid(name, absl::StrCat(what, " has shape ", c10::str(t.sizes()), ", expected ",
+                                          c10::str(at::IntArrayRef(want))));
+      }
+      return absl::OkStatus();
+    };
+    adapter->modules_.reserve(by_module.size());
+    // Embedding first, then linears in model order.
+    std::vector<std::string> order;
+    if (by_module.count(kEmbeddingModule)) order.push_back(kEmbeddingModule);
+    for (const LinearModule& lm : model.linears()) {
+      if (by_module.count(lm.name)) order.push_back(lm.name);
+    }
+    for (const std::string& module : order) {
+      const ModuleTensors& mt = by_module.at(module);
+      LoraModule m;
+      m.name = module;
+      m.rank = config.RankFor(module);
+      m.scaling = config.ScalingFor(module);
+      const bool is_embed = module == kEmbeddingModule;
+      if (is_embed) {
+        if (!mt.embed_a.defined() || !mt.embed_b.defined()) {
+          return Invalid(name, absl::StrCat("embedding module \"", module, "\" needs lora_embedding_A and lora_embedding_B"));
+        }
+        if (mt.a.defined() || mt.b.defined() || mt.magnitude.defined() || mt.bias.defined()) {
+          return Invalid(name, "embedding LoRA with lora_A/lora_B, DoRA or lora_bias keys is not supported");
+        }
+        const int64_t r = mt.embed_a.size(0);
+        LORASERVE_RETURN_IF_ERROR(shape_is(mt.embed_a, {r, mc.vocab_size}, module + ".lora_embedding_A"));
+        LORASERVE_RETURN_IF_ERROR(shape_is(mt.embed_b, {mc.hidden_size, r}, module + ".lora_embedding_B"));
+        if (r != m.rank) {
+          return Invalid(name, absl::StrCat(module, " has rank ", r, " but the config says ", m.rank));
+        }
+        m.a = mt.embed_a.to(f32).contiguous();
+        m.b = mt.embed_b.to(f32).contiguous();
+        if (mt.base_layer.defined()) {
+          LORASERVE_RETURN_IF_ERROR(shape_is(mt.base_layer, {mc.vocab_size, mc.hidden_size}, module + ".base_layer.weight"));
+          LORASERVE_RETURN_IF_ERROR(finite(mt.base_layer, module + ".base_layer.weight"));
+          // PEFT saves the whole base embedding; when it is the checkpoint's, it costs nothing.
+          at::Tensor base = model.embedding();
+          at::Tensor saved = mt.base_layer.to(base.options());
+          if (!at::equal(saved, base)) adapter->embedding_base_ = saved.contiguous();
+        }
+      } else {
+        const LinearModule* lm = model.FindLinear(module);
+        if (mt.base_layer.defined() || mt.embed_a.defined() || mt.embed_b.defined()) {
+          return Invalid(name, absl::StrCat("linear module \"", module, "\" has embedding-style keys"));
+        }
+        if (!mt.a.defined() || !mt.b.defined()) {
+          return Invalid(name, absl::StrCat("module \"", module, "\" needs both lora_A and lora_B"));
+        }
+        const int64_t r = mt.a.size(0);
+        LORASERVE_RETURN_IF_ERROR(shape_is(mt.a, {r, lm->in_features}, module + ".lora_A.weight"));
+        LORASERVE_RETURN_IF_ERROR(shape_is(mt.b, {lm->out_features, r}, module + ".lora_B.weight"));
+        if (r != m.rank) {
+          return Invalid(name, absl::StrCat(module, " has rank ", r, " but the config says ", m.rank));
+        }
+        m.linear_id = lm->id;
+        m.a = mt.a.to(f32).contiguous();
+        m.b = mt.b.to(f32).contiguous();
+        if (mt.bias.defined() != config.lora_bias) {
+          return Invalid(name, absl::StrCat("module \"", module, "\": lora_B.bias ",
+                                            mt.bias.defined() ? "present but lora_bias is false"
+                                                              : "missing but lora_bias is true"));
+        }
+        if (mt.bias.defined()) {
+          LORASERVE_RETURN_IF_ERROR(shape_is(mt.bias, {lm->out_features}, module + ".lora_B.bias"));
+          m.lora_bias = mt.bias.to(f32).contiguous();
+        }
+        if (mt.magnitude.defined() != config.use_dora) {
+          return Invalid(name, absl::StrCat("module \"", module, "\": lora_magnitude_vector ",
+                                            mt.magnitude.defined() ? "present but use_dora is false"
+                                                                   : "missing but use_dora is true"));
+        }
+        if (mt.magnitude.defined()) {
+          LORASERVE_RETURN_IF_ERROR(shape_is(mt.magnitude, {lm->out_features}, module + ".lora_magnitude_vector"));
+          m.magnitude = mt.magnitude.to(f32).contiguous();
+          at::Tensor w = base_weight(lm->id).to(at::kFloat) + at::matmul(m.b, m.a) * m.scaling;
+          m.dora_scale = (m.magnitude / w.norm(2, {1})).contiguous();
+          adapter->has_dora_ = true;
+        }
+      }
+      if (m.rank > options.max_rank) {
+        return Invalid(name, absl::StrCat("module \"", module, "\" has rank ", m.rank,
+                                          ", above the server's max_rank ", options.max_rank));
+      }
+      for (const auto& [t, what] : {std::pair<const at::Tensor&, const char*>{m.a, "lora_A"},
+                                    {m.b, "lora_B"}, {m.lora_bias, "lora_B.bias"},
+                                    {m.magnitude, "lora_magnitude_vector"}}) {
+        if (t.defined()) LORASERVE_RETURN_IF_ERROR(finite(t, absl::StrCat(module, ".", what)));
+      }
+      if (m.dora_scale.defined()) LORASERVE_RETURN_IF_ERROR(finite(m.dora_scale, module + " DoRA scale"));
+      adapter->max_rank_ = std::max(adapter->max_rank_, m.rank);
+      adapter->modules_.push_back(std::move(m));
+    }
+    adapter->bias_saved_.resize(model.linears().size());
+    adapter->bias_names_.resize(model.linears().size());
+    for (const auto& [module, t] : saved_bias) {
+      const LinearModule* lm = model.FindLinear(module);
+      if (lm == nullptr) {
+        return Invalid(name, absl::StrCat("saved bias for \"", module, "\", which matches no linear module of the base model"));
+      }
+      if (!lm->bias.defined()) {
+        return Invalid(name, absl::StrCat("saved bias for \"", module, "\", whose base layer has no bias"));
+      }
+      LORASERVE_RETURN_IF_ERROR(shape_is(t, {lm->out_features}, module + ".bias"));
+      LORASERVE_RETURN_IF_ERROR(finite(t, module + ".bias"));
+      adapter->bias_saved_[lm->id] = t.to(f32).contiguous();
+      adapter->bias_names_[lm->id] = module;
+      adapter->has_bias_override_ = true;
+    }
+    if (saved_head.defined()) {
+      LORASERVE_RETURN_IF_ERROR(shape_is(saved_head, {mc.vocab_size, mc.hidden_size}, "lm_head.weight"));
+      LORASERVE_RETURN_IF_ERROR(finite(saved_head, "lm_head.weight"));
+      adapter->head_ = saved_head.to(model.linears().back().weight.options()).contiguous();
+    }
+    return absl::OkStatus();
+  });
+  LORASERVE_RETURN_IF_ERROR(status);
+  for (LoraModule& m : adapter->modules_) {
+    if (m.is_embedding()) {
+      adapter->embedding_ = &m;
+    } else {
+      adapter->by_linear_[m.linear_id] = &m;
+    }
+    for (const at::Tensor& t : {m.a, m.b, m.lora_bias, m.magnitude, m.dora_scale}) {
+      if (t.defined()) adapter->bytes_ += static_cast<int64_t>(t.nbytes());
+    }
+  }
+  for (const at::Tensor& t : {adapter->head_, adapter->embedding_base_}) {
+    if (t.defined()) adapter->bytes_ += static_cast<int64_t>(t.nbytes());
+  }
+  for (const at::Tensor& t : adapter->bias_saved_) {
+    if (t.defined()) adapter->bytes_ += static_cast<int64_t>(t.nbytes());
+  }
+  if (adapter->modules_.empty() && !adapter->head_.defined()) {
+    return Invalid(name, "has no LoRA weights");
+  }
+  return std::shared_ptr<const LoraAdapter>(std::move(adapter));
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LoraAdapter::PeftTensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  const std::string p = kPeftPrefix;
+  for (const LoraModule& m : modules_) {
+    if (m.is_embedding()) {
+      out.emplace_back(p + m.name + ".lora_embedding_A", m.a);
+      out.emplace_back(p + m.name + ".lora_embedding_B", m.b);
+      if (embedding_base_.defined()) out.emplace_back(p + m.name + ".base_layer.weight", embedding_base_);
+      continue;
+    }
+    out.emplace_back(p + m.name + ".lora_A.weight", m.a);
+    out.emplace_back(p + m.name + ".lora_B.weight", m.b);
+    if (m.lora_bias.defined()) out.emplace_back(p + m.name + ".lora_B.bias", m.lora_bias);
+    if (m.magnitude.defined()) out.emplace_back(p + m.name + ".lora_magnitude_vector", m.magnitude);
+  }
+  if (head_.defined()) out.emplace_back(p + "lm_head.weight", head_);
+  for (size_t i = 0; i < bias_saved_.size(); ++i) {
+    if (bias_saved_[i].defined()) out.emplace_back(p + bias_names_[i] + ".bias", bias_saved_[i]);
+  }
+  return out;
+}
+
+absl::Status SaveAdapter(const LoraAdapter& adapter, const std::string& dir) {
+  if (!IsDirectory(dir)) return absl::NotFoundError(absl::StrCat("directory ", dir, " not found"));
+  LORASERVE_RETURN_IF_ERROR(SaveSafetensors(JoinPath(dir, "adapter_model.safetensors"),
+                                            adapter.PeftTensors(), {{"format", "pt"}}));
+  return WriteFileAtomically(JoinPath(dir, "adapter_config.json"),
+                             adapter.config().ToJson().dump(2) + "\n");
+}
+
+}  // namespace loraserve::core

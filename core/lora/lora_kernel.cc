@@ -1,0 +1,139 @@
+#include "core/lora/lora_kernel.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "core/model/cpu_dot.h"
+
+namespace loraserve::core {
+namespace {
+
+class GatherLoraKernel : public LoraKernel {
+ public:
+  void AddSegments(const at::Tensor& x, at::Tensor& y,
+                   const std::vector<LoraSegment>& segments) const override {
+    const bool fp32 = x.scalar_type() == at::kFloat;
+    for (const LoraSegment& s : segments) {
+      if (s.rows->size() == 0) continue;
+      const RowSet& rows = *s.rows;
+      at::Tensor xs = rows.index.defined() ? x.index_select(0, rows.index)
+                                           : x.narrow(0, rows.begin, rows.end - rows.begin);
+      if (!fp32) xs = xs.to(at::kFloat);
+      at::Tensor d = at::mm(at::mm(xs, s.a->t()), s.b->t());
+      if (s.bias != nullptr) d.add_(*s.bias);
+      if (!fp32) d = d.to(y.scalar_type());
+      if (rows.index.defined()) {
+        y.index_add_(0, rows.index, d, s.scale);
+      } else {
+        y.narrow(0, rows.begin, rows.end - rows.begin).add_(d, s.scale);
+      }
+    }
+  }
+};
+
+using cpu::Dot;
+using cpu::ToFloat;
+
+// CPU: segments of a few rows (decode: one row per sequence) are computed row by row in one
+// parallel loop straight from the adapter weights (two small matrix-vector products per row, no
+// LibTorch op per segment); larger segments (prefill) keep the GEMM pair of the gather kernel.
+class CpuLoraKernel : public LoraKernel {
+ public:
+  static constexpr int64_t kMaxFusedRows = 8;
+
+  void AddSegments(const at::Tensor& x, at::Tensor& y,
+                   const std::vector<LoraSegment>& segments) const override {
+    const bool supported = x.device().is_cpu() && x.is_contiguous() && y.is_contiguous() &&
+                           x.scalar_type() == y.scalar_type() &&
+                           (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+    if (!supported) return gather_.AddSegments(x, y, segments);
+    std::vector<LoraSegment> large;
+    // (row, segment) for every row of a small segment; sorted by row (segment order kept within a
+    // row), rows become the unit of parallelism, so no two threads write one row.
+    std::vector<std::pair<int64_t, int>> entries;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const LoraSegment& s = segments[i];
+      const RowSet& rows = *s.rows;
+      if (rows.size() == 0) continue;
+      if (rows.size() > kMaxFusedRows || !s.a->is_contiguous() || !s.b->is_contiguous() ||
+          s.a->scalar_type() != at::kFloat || s.b->scalar_type() != at::kFloat) {
+        large.push_back(s);
+        continue;
+      }
+      const int64_t* index = nullptr;
+      at::Tensor index_cpu;
+      if (rows.index.defined()) {
+        index_cpu = rows.index.to(at::kCPU, at::kLong).contiguous();
+        index = index_cpu.data_ptr<int64_t>();
+      }
+      for (int64_t k = 0; k < rows.size(); ++k) {
+        entries.emplace_back(index != nullptr ? index[k] : rows.begin + k, static_cast<int>(i));
+      }
+    }
+    if (!large.empty()) gather_.AddSegments(x, y, large);
+    if (entries.empty()) return;
+    std::stable_sort(entries.begin(), entries.end(),
+                     [](const auto& l, const auto& r) { return l.first < r.first; });
+    // starts[k]: where the k-th distinct row's entries begin (plus the end).
+    std::vector<size_t> starts;
+    for (size_t e = 0; e < entries.size(); ++e) {
+      if (e == 0 || entries[e].first != entries[e - 1].first) starts.push_back(e);
+    }
+    starts.push_back(entries.size());
+    if (x.scalar_type() == at::kFloat) {
+      Run<float>(x, y, segments, entries, starts);
+    } else {
+      Run<c10::BFloat16>(x, y, segments, entries, starts);
+    }
+  }
+
+ private:
+  template <typename T>
+  static void Run(const at::Tensor& x, at::Tensor& y, const std::vector<LoraSegment>& segments,
+                  const std::vector<std::pair<int64_t, int>>& entries,
+                  const std::vector<size_t>& starts) {
+    const int64_t in = x.size(1), out = y.size(1);
+    const T* xd = x.data_ptr<T>();
+    T* yd = y.data_ptr<T>();
+    const int64_t num_rows = static_cast<int64_t>(starts.size()) - 1;
+    at::parallel_for(0, num_rows, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> xf(static_cast<size_t>(in)), acc(static_cast<size_t>(out)), t;
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t r = entries[starts[static_cast<size_t>(k)]].first;
+        const T* xr = xd + r * in;
+        for (int64_t i = 0; i < in; ++i) xf[i] = ToFloat(xr[i]);
+        T* yr = yd + r * out;
+        for (int64_t o = 0; o < out; ++o) acc[o] = ToFloat(yr[o]);
+        for (size_t e = starts[static_cast<size_t>(k)]; e < starts[static_cast<size_t>(k) + 1]; ++e) {
+          const LoraSegment& s = segments[static_cast<size_t>(entries[e].second)];
+          const int64_t rank = s.a->size(0);
+          const float* a = s.a->data_ptr<float>();
+          const float* b = s.b->data_ptr<float>();
+          const float scale = static_cast<float>(s.scale);
+          t.resize(static_cast<size_t>(rank));
+          for (int64_t j = 0; j < rank; ++j) t[j] = Dot(xf.data(), a + j * in, in);
+          const float* bias = s.bias != nullptr ? s.bias->data_ptr<float>() : nullptr;
+          for (int64_t o = 0; o < out; ++o) {
+            float d = Dot(t.data(), b + o * rank, rank);
+            if (bias != nullptr) d += bias[o];
+            acc[o] += scale * d;
+          }
+        }
+        for (int64_t o = 0; o < out; ++o) yr[o] = static_cast<T>(acc[o]);
+      }
+    });
+  }
+
+  GatherLoraKernel gather_;
+};
+
+}  // namespace
+
+std::unique_ptr<LoraKernel> MakeGatherLoraKernel() { return std::make_unique<GatherLoraKernel>(); }
+
+std::unique_ptr<LoraKernel> MakeCpuLoraKernel() { return std::make_unique<CpuLoraKernel>(); }
+
+}  // namespace loraserve::core

@@ -1,0 +1,402 @@
+// The continuous-batching engine on the real stories260K model with PEFT fixture adapters.
+#include "core/engine/engine.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "core/engine/generate.h"
+#include "core/lora/lora_model.h"
+#include "core/model/model.h"
+#include "core/tokenizer/tokenizer.h"
+#include "tests/testing/fixtures.h"
+#include "tests/testing/peft_case.h"
+#include "tests/testing/status_matchers.h"
+
+namespace loraserve::core {
+namespace {
+
+using ::loraserve::testing::AllcloseExcess;
+using ::loraserve::testing::LoadPeftCase;
+using ::loraserve::testing::PeftCase;
+using ::loraserve::testing::PeftDir;
+using ::loraserve::testing::StatusIs;
+
+std::string ModelDir() { return testing::SharedPath("fixtures/models/stories260K"); }
+
+// Collects one request's outcome.
+struct Outcome {
+  absl::Notification done;
+  absl::StatusOr<GenerationResult> result = absl::UnknownError("not finished");
+  RequestStats stats;
+  std::vector<TokenEvent> events;
+  GenerateCallbacks Callbacks() {
+    GenerateCallbacks cb;
+    cb.on_token = [this](const TokenEvent& e) { events.push_back(e); };
+    cb.on_done = [this](absl::StatusOr<GenerationResult> r, const RequestStats& s) {
+      result = std::move(r);
+      stats = s;
+      done.Notify();
+    };
+    return cb;
+  }
+};
+
+GenerateRequest Greedy(const std::string& adapter, std::vector<int32_t> prompt, int n) {
+  GenerateRequest r;
+  r.adapter = adapter;
+  r.prompt_ids = std::move(prompt);
+  r.sampling.temperature = 0;
+  r.sampling.max_new_tokens = n;
+  r.sampling.stop_on_eos = false;
+  return r;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LORASERVE_REQUIRE_SHARED();
+    // Reference path: the single-sequence Generate() over the same model and adapters.
+    ASSERT_OK_AND_ASSIGN(ref_model_, Model::Load(ModelDir(), ModelOptions()));
+    ref_lora_ = std::make_unique<LoraModel>(ref_model_.get());
+    ASSERT_OK_AND_ASSIGN(tokenizer_, Tokenizer::FromFile(ModelDir() + "/tokenizer.json"));
+  }
+  std::unique_ptr<Engine> Start(EngineOptions o = EngineOptions()) {
+    o.model_dir = ModelDir();
+    o.num_threads = 1;
+    auto e = Engine::Create(o);
+    EXPECT_OK(e.status());
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+  // Single-sequence greedy reference for `adapter_case` ("" = base).
+  std::vector<int32_t> Reference(const std::string& adapter_case, const std::vector<int32_t>& prompt, int n) {
+    std::shared_ptr<const LoraAdapter> a;
+    if (!adapter_case.empty()) {
+      a = *LoraAdapter::Load(adapter_case, PeftDir(adapter_case) + "/adapter", *ref_model_,
+                             ref_lora_->BaseWeightFn(), AdapterLoadOptions());
+    }
+    HooksFactory hooks = [&](absl::Span<const SequenceInput> batch) { return ref_lora_->MakeHooks(batch, {a}); };
+    auto r = Generate(*ref_model_, *tokenizer_, prompt, Greedy("", prompt, n).sampling, hooks);
+    EXPECT_OK(r.status());
+    return r.ok() ? r->tokens : std::vector<int32_t>();
+  }
+  std::unique_ptr<Model> ref_model_;
+  std::unique_ptr<LoraModel> ref_lora_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+};
+
+const std::vector<std::string> kAdapters = {"qv_r4", "qv_r4_b", "dora_qv", "embed_lora",
+                                            "modules_to_save_head", "lora_bias", "patterns"};
+
+TEST_F(EngineTest, ConcurrentMixedAdapterRequestsShareBatchesAndMatchSingleRuns) {
+  auto engine = Start();
+  ASSERT_NE(engine, nullptr);
+  EXPECT_TRUE(engine->stats().ready);
+  for (const auto& a : kAdapters) ASSERT_OK(engine->LoadAdapter(a, PeftDir(a) + "/adapter").status());
+  PeftCase c = LoadPeftCase("qv_r4");
+  std::vector<std::unique_ptr<Outcome>> outs;
+  std::vector<std::string> names = kAdapters;
+  names.push_back("");  // base rows too
+  for (size_t i = 0; i < names.size(); ++i) {
+    outs.push_back(std::make_unique<Outcome>());
+    ASSERT_OK(engine->SubmitGenerate(Greedy(names[i], c.prompts[i % 3], 12), outs.back()->Callbacks()).status());
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    outs[i]->done.WaitForNotification();
+    ASSERT_OK(outs[i]->result.status()) << names[i];
+    EXPECT_EQ(outs[i]->result->tokens, Reference(names[i], c.prompts[i % 3], 12)) << names[i];
+    EXPECT_EQ(outs[i]->events.size(), 12u);
+    std::string text;
+    for (const auto& e : outs[i]->events) text += e.text;
+    EXPECT_EQ(text, outs[i]->result->text);
+    EXPECT_EQ(outs[i]->stats.completion_tokens, 12);
+  }
+  const EngineStats s = engine->stats();
+  EXPECT_GT(s.multi_adapter_steps, 0);
+  EXPECT_EQ(s.tokens_out, 12 * static_cast<int64_t>(names.size()));
+  EXPECT_EQ(s.kv_bytes_reserved, 0);
+}
+
+TEST_F(EngineTest, GreedyFromBosMatchesReferenceAndScoreMatchesPeft) {
+  auto engine = Start();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_OK(engine->LoadAdapter("dora", PeftDir("dora_qv") + "/adapter").status());
+  Outcome out;
+  ASSERT_OK(engine->SubmitGenerate(Greedy("", {1}, 60), out.Callbacks()).status());
+  out.done.WaitForNotification();
+  ASSERT_OK(out.result.status());
+  EXPECT_EQ(out.result->tokens, Reference("", {1}, 60));
+  PeftCase c = LoadPeftCase("dora_qv");
+  absl::Notification scored;
+  absl::StatusOr<ScoreResult> score;
+  ScoreRequest req;
+  req.adapter = "dora";
+  req.token_ids = c.prompts[2];
+  req.full_logits = true;
+  req.top_logprobs = 3;
+  engine->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
+    score = std::move(r);
+    scored.Notify();
+  });
+  scored.WaitForNotification();
+  ASSERT_OK(score.status());
+  at::Tensor logits = at::from_blob(score->logits.data(), {score->num_tokens, score->vocab_size}, at::kFloat);
+  EXPECT_LE(AllcloseExcess(logits, c.expected.at("logits.adapter.p2")), c.atol);
+  ASSERT_EQ(score->token_logprobs.size(), c.prompts[2].size() - 1);
+  at::Tensor logp = at::log_softmax(c.expected.at("logits.adapter.p2"), -1);
+  EXPECT_NEAR(score->token_logprobs[0], logp[0][c.prompts[2][1]].item<float>(), 1e-4);
+  ASSERT_EQ(score->top.size(), c.prompts[2].size());
+  EXPECT_EQ(score->top[0][0].id, logp[0].argmax().item<int64_t>());
+}
+
+TEST_F(EngineTest, MergeAndDeleteRaceWithInference) {
+  auto engine = Start();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_OK(engine->LoadAdapter("a", PeftDir("qv_r4") + "/adapter").status());
+  ASSERT_OK(engine->LoadAdapter("b", PeftDir("qv_r4_b") + "/adapter").status());
+  PeftCase c = LoadPeftCase("qv_r4");
+  const auto want_a = Reference("qv_r4", c.prompts[0], 30);
+  const auto want_b = Reference("qv_r4_b", c.prompts[1], 30);
+  const auto want_base = Reference("", c.prompts[2], 30);
+  Outcome oa, ob, obase;
+  ASSERT_OK(engine->SubmitGenerate(Greedy("a", c.prompts[0], 30), oa.Callbacks()).status());
+  ASSERT_OK(engine->SubmitGenerate(Greedy("b", c.prompts[1], 30), ob.Callbacks()).status());
+  ASSERT_OK(engine->SubmitGenerate(Greedy("", c.prompts[2], 30), obase.Callbacks()).status());
+  // Merge a while they run; delete b while it runs (its request must finish normally).
+  absl::Notification merged;
+  engine->MergeAdapter("a", [&](absl::StatusOr<bool> r) {
+    EXPECT_OK(r.status());
+    EXPECT_TRUE(*r);
+    merged.Notify();
+  });
+  ASSERT_OK(engine->DeleteAdapter("b"));
+  merged.WaitForNotification();
+  EXPECT_THAT(engine->DeleteAdapter("a"), StatusIs(absl::StatusCode::kFailedPrecondition));
+  for (Outcome* o : {&oa, &ob, &obase}) {
+    o->done.WaitForNotification();
+    ASSERT_OK(o->result.status());
+  }
+  EXPECT_EQ(oa.result->tokens, want_a);
+  EXPECT_EQ(ob.result->tokens, want_b);
+  EXPECT_EQ(obase.result->tokens, want_base);
+  ASSERT_OK_AND_ASSIGN(AdapterInfo info, engine->GetAdapter("a"));
+  EXPECT_TRUE(info.pinned);
+  absl::Notification again;
+  engine->MergeAdapter("a", [&](absl::StatusOr<bool> r) {
+    EXPECT_OK(r.status());
+    EXPECT_FALSE(*r);  // already merged: a no-op that says so
+    again.Notify();
+  });
+  again.WaitForNotification();
+  absl::Notification unmerged;
+  engine->UnmergeAdapter("a", [&](absl::Status s) {
+    EXPECT_OK(s);
+    unmerged.Notify();
+  });
+  unmerged.WaitForNotification();
+  ASSERT_OK(engine->DeleteAdapter("a"));
+  Outcome unknown;
+  EXPECT_THAT(engine->SubmitGenerate(Greedy("b", c.prompts[0], 3), unknown.Callbacks()),
+              StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(EngineTest, FullQueueCancellationAndDeadlines) {
+  EngineOptions o;
+  o.max_batch_size = 1;
+  o.max_queue = 2;
+  o.max_wait = absl::ZeroDuration();
+  auto engine = Start(o);
+  ASSERT_NE(engine, nullptr);
+  // The first request cancels itself after 3 tokens; the queue holds at most 2 more.
+  Outcome first;
+  std::shared_ptr<RequestHandle> handle;
+  absl::Mutex mu;
+  GenerateCallbacks cb = first.Callbacks();
+  auto on_token = cb.on_token;
+  absl::Notification started;
+  cb.on_token = [&, on_token](const TokenEvent& e) {
+    on_token(e);
+    if (e.index == 0) started.Notify();
+    absl::MutexLock lock(&mu);
+    if (e.index == 2 && handle) handle->Cancel();
+  };
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_OK_AND_ASSIGN(handle, engine->SubmitGenerate(Greedy("", {1}, 400), cb));
+  }
+  started.WaitForNotification();  // running, so the queue is empty again
+  Outcome q1, q2, q3;
+  GenerateRequest late = Greedy("", {1}, 5);
+  late.deadline = absl::Now() - absl::Seconds(1);
+  ASSERT_OK(engine->SubmitGenerate(late, q1.Callbacks()).status());
+  ASSERT_OK(engine->SubmitGenerate(Greedy("", {1}, 5), q2.Callbacks()).status());
+  auto rejected = engine->SubmitGenerate(Greedy("", {1}, 5), q3.Callbacks());
+  if (!rejected.ok()) {
+    EXPECT_THAT(rejected, StatusIs(absl::StatusCode::kResourceExhausted));
+  }
+  first.done.WaitForNotification();
+  EXPECT_THAT(first.result, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_GE(first.events.size(), 3u);
+  EXPECT_LT(first.events.size(), 400u);
+  q1.done.WaitForNotification();
+  EXPECT_THAT(q1.result, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  q2.done.WaitForNotification();
+  EXPECT_OK(q2.result.status());
+  if (rejected.ok()) q3.done.WaitForNotification();
+  // A queue that is really full: stop the engine thread from draining by filling it faster.
+  int exhausted = 0;
+  std::vector<std::unique_ptr<Outcome>> many;
+  for (int i = 0; i < 20; ++i) {
+    many.push_back(std::make_unique<Outcome>());
+    auto r = engine->SubmitGenerate(Greedy("", {1}, 50), many.back()->Callbacks());
+    if (!r.ok()) {
+      EXPECT_THAT(r, StatusIs(absl::StatusCode::kResourceExhausted));
+      ++exhausted;
+      many.pop_back();
+    }
+  }
+  EXPECT_GT(exhausted, 0);
+  for (auto& m : many) m->done.WaitForNotification();
+}
+
+TEST_F(EngineTest, KvBudgetPreemptsAndStillAnswersCorrectly) {
+  EngineOptions o;
+  // Room for about 100 tokens of KV in all: three 60-token generations cannot all fit at once.
+  o.kv_budget_bytes = 100 * 5 * 2 * 4 * 8 * 4;
+  o.max_wait = absl::Milliseconds(20);
+  auto engine = Start(o);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_OK(engine->LoadAdapter("a", PeftDir("qv_r4") + "/adapter").status());
+  PeftCase c = LoadPeftCase("qv_r4");
+  std::vector<std::unique_ptr<Outcome>> outs;
+  for (int i = 0; i < 3; ++i) {
+    outs.push_back(std::make_unique<Outcome>());
+    ASSERT_OK(engine->SubmitGenerate(Greedy(i == 1 ? "a" : "", c.prompts[i], 40), outs.back()->Callbacks()).status());
+  }
+  for (int i = 0; i < 3; ++i) {
+    outs[i]->done.WaitForNotification();
+    ASSERT_OK(outs[i]->result.status());
+    EXPECT_EQ(outs[i]->result->tokens, Reference(i == 1 ? "qv_r4" : "", c.prompts[i], 40)) << i;
+  }
+  EXPECT_LE(engine->stats().kv_bytes_reserved, o.kv_budget_bytes);
+  EXPECT_GT(engine->stats().preemptions, 0);
+}
+
+TEST_F(EngineTest, SingleAdapterPolicyAndShutdownDrains) {
+  EngineOptions o;
+  o.policy = BatchPolicy::kSingleAdapter;
+  auto engine = Start(o);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_OK(engine->LoadAdapter("a", PeftDir("qv_r4") + "/adapter").status());
+  PeftCase c = LoadPeftCase("qv_r4");
+  Outcome x, y;
+  ASSERT_OK(engine->SubmitGenerate(Greedy("a", c.prompts[0], 10), x.Callbacks()).status());
+  ASSERT_OK(engine->SubmitGenerate(Greedy("", c.prompts[1], 10), y.Callbacks()).status());
+  engine->Shutdown(absl::Now() + absl::Seconds(30));  // drains: both finish
+  ASSERT_OK(x.result.status());
+  ASSERT_OK(y.result.status());
+  EXPECT_EQ(x.result->tokens, Reference("qv_r4", c.prompts[0], 10));
+  EXPECT_EQ(y.result->tokens, Reference("", c.prompts[1], 10));
+  EXPECT_EQ(engine->stats().multi_adapter_steps, 0);
+  Outcome z;
+  EXPECT_THAT(engine->SubmitGenerate(Greedy("", {1}, 3), z.Callbacks()), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_EQ(engine->stats().running, 0);
+  EXPECT_EQ(engine->stats().kv_bytes_reserved, 0);
+  // Work that would need the (stopped) engine thread is answered at once, never left hanging.
+  absl::Notification merge_done, score_done;
+  engine->MergeAdapter("a", [&](absl::StatusOr<bool> r) {
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+    merge_done.Notify();
+  });
+  ScoreRequest req;
+  req.token_ids = {1, 2};
+  engine->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
+    EXPECT_THAT(r, StatusIs(absl::StatusCode::kUnavailable));
+    score_done.Notify();
+  });
+  EXPECT_TRUE(merge_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(score_done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  // So is work for the (stopped) worker thread.
+  int unavailable = 0;
+  engine->CombineAdapters("c", {"a"}, CombineOptions(), [&](absl::StatusOr<AdapterInfo> r) {
+    unavailable += r.status().code() == absl::StatusCode::kUnavailable;
+  });
+  const std::string dir = testing::MakeTempDir();
+  engine->SaveAdapter("a", dir, [&](absl::Status st) {
+    unavailable += st.code() == absl::StatusCode::kUnavailable;
+  });
+  engine->ExportMergedModel({"a"}, dir, [&](absl::Status st) {
+    unavailable += st.code() == absl::StatusCode::kUnavailable;
+  });
+  EXPECT_EQ(unavailable, 3);
+  // Shutdown again, from several threads at once: all return, nothing breaks.
+  std::vector<std::thread> again;
+  for (int i = 0; i < 4; ++i) again.emplace_back([&] { engine->Shutdown(absl::Now()); });
+  for (auto& t : again) t.join();
+}
+
+TEST_F(EngineTest, CombineSaveExportAndUnloadAll) {
+  auto engine = Start();
+  ASSERT_NE(engine, nullptr);
+  ASSERT_OK(engine->LoadAdapter("qv_r4", PeftDir("qv_r4") + "/adapter").status());
+  ASSERT_OK(engine->LoadAdapter("qv_r4_b", PeftDir("qv_r4_b") + "/adapter").status());
+  CombineOptions co;
+  co.type = CombinationType::kCat;
+  co.weights = {0.7, 0.3};
+  absl::Notification combined;
+  engine->CombineAdapters("cat", {"qv_r4", "qv_r4_b"}, co, [&](absl::StatusOr<AdapterInfo> r) {
+    EXPECT_OK(r.status());
+    combined.Notify();
+  });
+  combined.WaitForNotification();
+  PeftCase cc = LoadPeftCase("multi/weighted/cat_w07_03");
+  absl::Notification scored;
+  ScoreRequest req;
+  req.adapter = "cat";
+  req.token_ids = cc.prompts[0];
+  req.full_logits = true;
+  engine->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
+    ASSERT_OK(r.status());
+    at::Tensor logits = at::from_blob(r->logits.data(), {r->num_tokens, r->vocab_size}, at::kFloat);
+    EXPECT_LE(AllcloseExcess(logits, cc.expected.at("logits.p0")), cc.atol);
+    scored.Notify();
+  });
+  scored.WaitForNotification();
+  const std::string save_dir = testing::MakeTempDir(), export_dir = testing::MakeTempDir();
+  absl::Notification saved, exported;
+  engine->SaveAdapter("cat", save_dir, [&](absl::Status s) {
+    EXPECT_OK(s);
+    saved.Notify();
+  });
+  engine->ExportMergedModel({"qv_r4"}, export_dir, [&](absl::Status s) {
+    EXPECT_OK(s);
+    exported.Notify();
+  });
+  saved.WaitForNotification();
+  exported.WaitForNotification();
+  ASSERT_OK_AND_ASSIGN(auto plain, Model::Load(export_dir, ModelOptions()));
+  PeftCase c = LoadPeftCase("qv_r4");
+  ASSERT_OK_AND_ASSIGN(at::Tensor logits, plain->Score(c.prompts[0]));
+  EXPECT_LE(AllcloseExcess(logits, c.expected.at("logits.adapter.p0")), c.atol);
+  absl::Notification not_empty;
+  engine->SaveAdapter("cat", save_dir, [&](absl::Status s) {
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kFailedPrecondition));
+    not_empty.Notify();
+  });
+  not_empty.WaitForNotification();
+  absl::Notification unloaded;
+  engine->UnloadAll([&](absl::Status s) {
+    EXPECT_OK(s);
+    unloaded.Notify();
+  });
+  unloaded.WaitForNotification();
+  EXPECT_TRUE(engine->ListAdapters().empty());
+}
+
+}  // namespace
+}  // namespace loraserve::core

@@ -1,0 +1,77 @@
+// The CPU LoRA kernel (row-wise fused loop for small segments) against the gather kernel (GEMM
+// pairs) on random segments: ranges and index sets, overlapping segments on the same rows (as
+// merged-adapter corrections produce), biases, negative scales, small and large segments, fp32 and
+// bf16 activations.
+#include "core/lora/lora_kernel.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <vector>
+
+namespace loraserve::core {
+namespace {
+
+struct Weights {
+  at::Tensor a, b, bias;
+};
+
+TEST(LoraKernelTest, CpuKernelMatchesGatherKernel) {
+  at::manual_seed(7);
+  const int64_t rows = 40, in = 48, out = 56;
+  std::vector<Weights> w;
+  for (int64_t rank : {1, 4, 8, 16, 3}) {
+    Weights x{at::randn({rank, in}), at::randn({out, rank}), at::Tensor()};
+    if (rank == 4 || rank == 3) x.bias = at::randn({out});
+    w.push_back(x);
+  }
+  std::vector<RowSet> sets;
+  sets.push_back({0, 1, {}});                            // one row (decode)
+  sets.push_back({1, 3, {}});                            // two rows
+  sets.push_back({3, 30, {}});                           // 27 rows (prefill: GEMM path)
+  sets.push_back({0, 0, at::tensor({5, 9, 33}, at::kLong)});     // index set, small
+  sets.push_back({0, 0, at::arange(0, 40, 3, at::kLong)});      // index set, 14 rows
+  sets.push_back({30, 38, {}});                          // exactly the fused limit (8 rows)
+  sets.push_back({0, 0, at::tensor({0, 2, 38, 39}, at::kLong)}); // overlaps rows of others
+  std::vector<LoraSegment> segments;
+  for (size_t i = 0; i < sets.size(); ++i) {
+    const Weights& x = w[i % w.size()];
+    segments.push_back({&sets[i], &x.a, &x.b, x.bias.defined() ? &x.bias : nullptr,
+                        i % 3 == 2 ? -0.75 : 0.5 + static_cast<double>(i)});
+  }
+  const auto cpu = MakeCpuLoraKernel();
+  const auto gather = MakeGatherLoraKernel();
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const at::Tensor x = at::randn({rows, in}).to(dtype);
+    const at::Tensor y0 = at::randn({rows, out}).to(dtype);
+    at::Tensor y_cpu = y0.clone(), y_gather = y0.clone();
+    cpu->AddSegments(x, y_cpu, segments);
+    gather->AddSegments(x, y_gather, segments);
+    at::Tensor a = y_cpu.to(at::kFloat);
+    const at::Tensor b = y_gather.to(at::kFloat);
+    // The products change y by O(10); both kernels must agree to float (bf16) rounding.
+    EXPECT_GT((a - y0.to(at::kFloat)).abs().max().item<double>(), 1.0);
+    if (dtype == at::kFloat) {
+      EXPECT_LE((a - b).abs().max().item<double>(), 1e-4);
+    } else {
+      // bf16 (8 mantissa bits): on rows only small segments touch, the CPU kernel accumulates in
+      // fp32 and rounds once, so it is the fp32 computation on the same bf16 inputs rounded to
+      // bf16 (the gather kernel, used for large segments, rounds every segment's product).
+      std::vector<LoraSegment> small;
+      for (const LoraSegment& seg : segments) {
+        if (seg.rows->size() <= 8) small.push_back(seg);
+      }
+      at::Tensor y_small = y0.clone();
+      cpu->AddSegments(x, y_small, small);
+      a = y_small.to(at::kFloat);
+      at::Tensor ref = y0.to(at::kFloat);
+      gather->AddSegments(x.to(at::kFloat), ref, small);
+      EXPECT_LE(((a - ref).abs() - 4e-3 * ref.abs()).max().item<double>(), 1e-3);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace loraserve::core
