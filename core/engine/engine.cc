@@ -4,13 +4,9 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
-#include <algorithm>
-#include <atomic>
 #include <deque>
-#include <mutex>
 #include <filesystem>
-#include <map>
-#include <set>
+#include <mutex>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -18,7 +14,10 @@
 #include "absl/synchronization/mutex.h"
 #include "core/base/status_macros.h"
 #include "core/base/torch_status.h"
+#include "core/engine/executor.h"
 #include "core/engine/generate.h"
+#include "core/engine/scheduler.h"
+#include "core/engine/sequence.h"
 #include "core/io/file_util.h"
 #include "core/io/json_file.h"
 #include "core/lora/adapter_registry.h"
@@ -29,26 +28,6 @@
 
 namespace loraserve::core {
 namespace {
-
-// One generation request while it waits or runs.
-struct Sequence : public RequestHandle {
-  int64_t id = 0;
-  GenerateRequest request;
-  GenerateCallbacks callbacks;
-  std::shared_ptr<const LoraAdapter> adapter;  // held for the whole request (safe under delete)
-  std::unique_ptr<SequenceGenerator> generator;
-  // Tokens the model has not seen yet: the prompt (maybe several chunks), after that the last
-  // sampled token. After a preemption: prompt + everything generated, recomputed.
-  std::vector<int32_t> unfed;
-  bool prefilling = true;
-  std::atomic<bool> cancelled{false};
-  absl::Time submitted;
-  absl::Time scheduled = absl::InfinitePast();
-  absl::Time first_token = absl::InfinitePast();
-
-  void Cancel() override { cancelled = true; }
-  const std::string& adapter_name() const { return request.adapter; }
-};
 
 absl::Status DirMustBeEmpty(const std::string& dir) {
   if (!IsDirectory(dir)) return absl::NotFoundError(absl::StrCat("directory ", dir, " not found"));
@@ -130,7 +109,14 @@ class EngineImpl : public Engine {
     LORASERVE_ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromFile(JoinPath(options_.model_dir, "tokenizer.json"), to));
     lora_ = std::make_unique<LoraModel>(model_.get());
     registry_ = std::make_unique<AdapterRegistry>(*model_, lora_->BaseWeightFn(), options_.adapters);
-    cache_ = std::make_unique<KvCache>(model_->config(), model_->options(), options_.kv_budget_bytes);
+    executor_ = std::make_unique<Executor>(*model_, lora_.get(), options_.kv_budget_bytes);
+    SchedulerOptions so;
+    so.max_batch_size = options_.max_batch_size;
+    so.max_batch_tokens = options_.max_batch_tokens;
+    so.max_queue = options_.max_queue;
+    so.max_queue_per_adapter = options_.max_queue_per_adapter;
+    so.policy = options_.policy;
+    scheduler_ = std::make_unique<Scheduler>(so, executor_->kv());
     // Warm-up forward: the first real request should not pay for allocator and thread-pool start.
     {
       c10::InferenceMode guard;
@@ -155,25 +141,17 @@ class EngineImpl : public Engine {
     if (!request.adapter.empty()) {
       LORASERVE_ASSIGN_OR_RETURN(seq->adapter, registry_->Get(request.adapter));
     }
-    seq->submitted = absl::Now();
-    seq->unfed = request.prompt_ids;
+    seq->adapter_name = request.adapter;
+    seq->adapter_key = seq->adapter.get();
+    seq->deadline = request.deadline;
+    seq->prompt_tokens = static_cast<int64_t>(request.prompt_ids.size());
     seq->generator = std::make_unique<SequenceGenerator>(model_->config(), *tokenizer_,
                                                          request.prompt_ids, request.sampling);
     seq->request = std::move(request);
     seq->callbacks = std::move(callbacks);
     absl::MutexLock lock(&mu_);
     if (shutting_down_) return absl::UnavailableError("server is shutting down");
-    if (waiting_ >= options_.max_queue) {
-      return absl::ResourceExhaustedError(absl::StrCat("request queue full (", waiting_, " waiting)"));
-    }
-    auto& q = queues_[seq->adapter_name()];
-    if (static_cast<int>(q.size()) >= options_.max_queue_per_adapter) {
-      return absl::ResourceExhaustedError(absl::StrCat("queue for adapter \"", seq->adapter_name(),
-                                                       "\" full (", q.size(), " waiting)"));
-    }
-    seq->id = next_id_++;
-    q.push_back(seq);
-    ++waiting_;
+    LORASERVE_RETURN_IF_ERROR(scheduler_->Submit(seq, absl::Now()));
     return std::shared_ptr<RequestHandle>(seq);
   }
 
@@ -197,7 +175,7 @@ class EngineImpl : public Engine {
       if (shutting_down_) return on_done(ShuttingDown());
     }
     auto done = std::make_shared<std::function<void(absl::StatusOr<ScoreResult>)>>(std::move(on_done));
-    if (!PostTask([this, request = std::move(request), adapter, done]() { (*done)(RunScore(request, adapter)); })) {
+    if (!PostTask([this, request = std::move(request), adapter, done]() { (*done)(executor_->Score(request, adapter)); })) {
       (*done)(ShuttingDown());
     }
   }
@@ -313,7 +291,7 @@ class EngineImpl : public Engine {
   EngineStats stats() const override {
     absl::MutexLock lock(&mu_);
     EngineStats s = stats_;
-    s.queue_depth = waiting_;
+    s.queue_depth = scheduler_->waiting();
     s.ready = ready_ && !shutting_down_;
     s.kv_budget_bytes = options_.kv_budget_bytes;
     s.adapter_evictions = registry_->evictions();
@@ -353,42 +331,8 @@ class EngineImpl : public Engine {
   }
   static absl::Status ShuttingDown() { return absl::UnavailableError("server is shutting down"); }
 
-  absl::StatusOr<ScoreResult> RunScore(const ScoreRequest& request,
-                                       const std::shared_ptr<const LoraAdapter>& adapter) {
-    LORASERVE_ASSIGN_OR_RETURN(at::Tensor logits, lora_->Score(request.token_ids, adapter));
-    return CallTorch("scoring", [&]() {
-      ScoreResult r;
-      at::Tensor cpu = logits.to(at::kCPU).contiguous();
-      r.num_tokens = cpu.size(0);
-      r.vocab_size = cpu.size(1);
-      if (request.full_logits) {
-        r.logits.assign(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
-      }
-      at::Tensor logp = at::log_softmax(cpu, -1);
-      for (int64_t t = 0; t + 1 < r.num_tokens; ++t) {
-        r.token_logprobs.push_back(logp[t][request.token_ids[t + 1]].item<float>());
-      }
-      if (request.top_logprobs > 0) {
-        auto [values, indices] = at::topk(logp, request.top_logprobs, -1);
-        for (int64_t t = 0; t < r.num_tokens; ++t) {
-          std::vector<TokenLogprob> row;
-          for (int64_t k = 0; k < request.top_logprobs; ++k) {
-            row.push_back({static_cast<int32_t>(indices[t][k].item<int64_t>()), values[t][k].item<float>()});
-          }
-          r.top.push_back(std::move(row));
-        }
-      }
-      return r;
-    });
-  }
-
-  void DropRunning(const std::shared_ptr<Sequence>& s) {
-    running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
-  }
-
-  // Ends a sequence: frees its KV memory and reports.
+  // Ends a sequence that has left the scheduler and reports it.
   void Finish(const std::shared_ptr<Sequence>& s, absl::StatusOr<GenerationResult> result) {
-    cache_->RemoveSequence(s->id);
     RequestStats st;
     const absl::Time now = absl::Now();
     st.queue_time = (s->scheduled == absl::InfinitePast() ? now : s->scheduled) - s->submitted;
@@ -399,72 +343,8 @@ class EngineImpl : public Engine {
         result.ok() ? result->tokens.size() : s->generator->result().tokens.size());
     s->callbacks.on_done(std::move(result), st);
   }
-
-  // Status for a sequence that must stop now (cancelled, past deadline, shutting down), or OK.
-  static absl::Status StopReason(const Sequence& s, absl::Time now, bool draining_expired) {
-    if (s.cancelled) return absl::CancelledError("request cancelled");
-    if (now > s.request.deadline) return absl::DeadlineExceededError("request deadline exceeded");
-    if (draining_expired) return absl::UnavailableError("server shut down before the request finished");
-    return absl::OkStatus();
-  }
-
-  // Moves waiting requests into the running set: round-robin over adapters (fairness: a hot
-  // adapter cannot starve the others), within the batch-size limit and the KV budget.
-  void Admit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Time now = absl::Now();
-    while (static_cast<int>(running_.size()) < options_.max_batch_size && waiting_ > 0) {
-      // Adapters with waiting requests, starting after the one admitted last.
-      std::vector<std::string> order;
-      for (const auto& [name, q] : queues_) {
-        if (!q.empty()) order.push_back(name);
-      }
-      if (order.empty()) break;
-      std::rotate(order.begin(), std::upper_bound(order.begin(), order.end(), last_admitted_adapter_),
-                  order.end());
-      for (const std::string& name : order) {
-        if (static_cast<int>(running_.size()) >= options_.max_batch_size) break;
-        auto& q = queues_[name];
-        std::shared_ptr<Sequence> s = q.front();
-        // KV admission: a prompt that does not fit beside the running sequences waits.
-        const int64_t need = static_cast<int64_t>(s->unfed.size() + 1) * cache_->bytes_per_token();
-        if (options_.kv_budget_bytes > 0 && !running_.empty() &&
-            cache_->bytes_reserved() + need > options_.kv_budget_bytes) {
-          return;
-        }
-        q.pop_front();
-        --waiting_;
-        if (s->scheduled == absl::InfinitePast()) s->scheduled = now;
-        (void)cache_->AddSequence(s->id);
-        running_.push_back(s);
-        last_admitted_adapter_ = name;
-      }
-    }
-    for (auto it = queues_.begin(); it != queues_.end();) {
-      it = it->second.empty() ? queues_.erase(it) : std::next(it);
-    }
-  }
-
-  // Preempts the most recently admitted running sequence other than `keep`: its KV memory is
-  // freed and it goes back to the front of its queue, to be recomputed from prompt + generated.
-  bool Preempt(const Sequence* keep) {
-    for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
-      if (it->get() == keep) continue;
-      std::shared_ptr<Sequence> s = *it;
-      running_.erase(std::next(it).base());
-      cache_->RemoveSequence(s->id);
-      s->unfed = s->request.prompt_ids;
-      const auto& gen = s->generator->result().tokens;
-      s->unfed.insert(s->unfed.end(), gen.begin(), gen.end());
-      s->prefilling = true;
-      {
-        absl::MutexLock lock(&mu_);
-        queues_[s->adapter_name()].push_front(s);
-        ++waiting_;
-        ++stats_.preemptions;
-      }
-      return true;
-    }
-    return false;
+  void Finish(const std::shared_ptr<ScheduledRequest>& r, absl::StatusOr<GenerationResult> result) {
+    Finish(std::static_pointer_cast<Sequence>(r), std::move(result));
   }
 
   void Loop() {
@@ -476,30 +356,32 @@ class EngineImpl : public Engine {
       {
         absl::MutexLock lock(&mu_);
         auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return !tasks_.empty() || waiting_ > 0 || !running_.empty() || shutting_down_;
+          return !tasks_.empty() || scheduler_->waiting() > 0 || scheduler_->running() > 0 || shutting_down_;
         };
         mu_.Await(absl::Condition(&has_work));
         // A small batch waits briefly for company (prefills batch better together).
-        if (running_.empty() && waiting_ > 0 && waiting_ < options_.max_batch_size && tasks_.empty() &&
+        if (scheduler_->running() == 0 && scheduler_->waiting() > 0 &&
+            scheduler_->waiting() < options_.max_batch_size && tasks_.empty() &&
             options_.max_wait > absl::ZeroDuration() && !shutting_down_) {
           auto full = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-            return waiting_ >= options_.max_batch_size || shutting_down_ || !tasks_.empty();
+            return scheduler_->waiting() >= options_.max_batch_size || shutting_down_ || !tasks_.empty();
           };
           mu_.AwaitWithTimeout(absl::Condition(&full), options_.max_wait);
         }
         tasks.swap(tasks_);
         if (shutting_down_) {
           draining_expired = absl::Now() >= drain_deadline_;
-          if (running_.empty() && (waiting_ == 0 || draining_expired) && tasks.empty()) stop = true;
+          if (scheduler_->running() == 0 && (scheduler_->waiting() == 0 || draining_expired) && tasks.empty()) {
+            stop = true;
+          }
         }
-        if (!stop) Admit();
       }
       for (auto& t : tasks) t();  // adapter mutations and scores, between two steps
       if (stop) break;
       Step(draining_expired);
       absl::MutexLock lock(&mu_);
-      stats_.running = static_cast<int64_t>(running_.size());
-      stats_.kv_bytes_reserved = cache_->bytes_reserved();
+      stats_.running = scheduler_->running();
+      stats_.kv_bytes_reserved = executor_->kv()->bytes_reserved();
     }
     // Tasks posted while the loop was ending still run (they only touch adapter state); later ones
     // are refused by PostTask.
@@ -511,162 +393,67 @@ class EngineImpl : public Engine {
     }
     for (auto& t : late) t();
     // Fail whatever is left (only when the drain deadline passed).
-    std::vector<std::shared_ptr<Sequence>> left = running_;
-    running_.clear();
-    {
-      absl::MutexLock lock(&mu_);
-      for (auto& [name, q] : queues_) {
-        for (auto& s : q) left.push_back(s);
-      }
-      queues_.clear();
-      waiting_ = 0;
+    for (auto& r : scheduler_->TakeAll()) {
+      Finish(r, absl::UnavailableError("server shut down before the request finished"));
     }
-    for (auto& s : left) Finish(s, absl::UnavailableError("server shut down before the request finished"));
   }
 
+  // One step: the scheduler picks the rows, the executor runs them, the results go out.
   void Step(bool draining_expired) {
-    const absl::Time now = absl::Now();
-    // Drop sequences that must stop.
-    for (size_t i = 0; i < running_.size();) {
-      absl::Status why = StopReason(*running_[i], now, draining_expired);
-      if (why.ok()) {
-        ++i;
-        continue;
-      }
-      std::shared_ptr<Sequence> s = running_[i];
-      running_.erase(running_.begin() + static_cast<long>(i));
-      Finish(s, why);
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      const absl::Time t = absl::Now();
-      for (auto& [name, q] : queues_) {
-        for (auto it = q.begin(); it != q.end();) {
-          absl::Status why = StopReason(**it, t, draining_expired);
-          if (why.ok()) {
-            ++it;
-            continue;
-          }
-          expired_.push_back({*it, why});
-          it = q.erase(it);
-          --waiting_;
-        }
-      }
-    }
-    for (auto& [s, why] : expired_) Finish(s, why);
-    expired_.clear();
-    if (running_.empty()) return;
-
-    // Choose the rows of this step.
-    std::vector<std::shared_ptr<Sequence>> rows = running_;
-    if (options_.policy == BatchPolicy::kSingleAdapter) {
-      // One adapter per step, round robin over the running adapters.
-      std::set<std::string> names;
-      for (auto& s : rows) names.insert(s->adapter_name());
-      auto next = names.upper_bound(single_last_);
-      const std::string pick = next == names.end() ? *names.begin() : *next;
-      single_last_ = pick;
-      rows.erase(std::remove_if(rows.begin(), rows.end(), [&](auto& s) { return s->adapter_name() != pick; }), rows.end());
-    }
-    // Decode rows first (one token each), then prefill chunks within the token budget. Rows are
-    // ordered by adapter so each adapter's rows are contiguous (one GEMM pair per adapter).
-    std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
-      if (a->prefilling != b->prefilling) return !a->prefilling;
-      return a->adapter.get() < b->adapter.get();
-    });
-    int64_t budget = options_.max_batch_tokens;
-    std::vector<std::shared_ptr<Sequence>> batch_seqs;
-    std::vector<SequenceInput> batch;
-    std::vector<size_t> chunk;
-    for (auto& s : rows) {
-      if (budget <= 0) break;
-      if (std::find(running_.begin(), running_.end(), s) == running_.end()) continue;  // preempted
-      const int64_t n = std::min<int64_t>(static_cast<int64_t>(s->unfed.size()), budget);
-      // Make sure the KV cache can take it; preempt the newest other sequences if not.
-      absl::Status reserved;
-      while (!(reserved = cache_->Reserve(s->id, cache_->Length(s->id) + n)).ok()) {
-        if (!Preempt(s.get())) break;
-      }
-      if (!reserved.ok()) {
-        // Even alone it does not fit the budget: fail it rather than loop forever.
-        DropRunning(s);
-        Finish(s, absl::ResourceExhaustedError(absl::StrCat(
-                      "the request needs more KV cache than the server's budget: ", reserved.message())));
-        continue;
-      }
-      batch_seqs.push_back(s);
-      batch.push_back({s->id, std::vector<int32_t>(s->unfed.begin(), s->unfed.begin() + n)});
-      chunk.push_back(static_cast<size_t>(n));
-      budget -= n;
-    }
-    // Sequences preempted after being placed in the batch must leave it.
-    for (size_t i = 0; i < batch_seqs.size();) {
-      if (std::find(running_.begin(), running_.end(), batch_seqs[i]) == running_.end()) {
-        batch_seqs.erase(batch_seqs.begin() + static_cast<long>(i));
-        batch.erase(batch.begin() + static_cast<long>(i));
-        chunk.erase(chunk.begin() + static_cast<long>(i));
-      } else {
-        ++i;
-      }
-    }
-    if (batch.empty()) return;
-    std::vector<std::shared_ptr<const LoraAdapter>> adapters;
-    std::set<const LoraAdapter*> distinct;
-    int64_t new_tokens = 0;
-    for (auto& s : batch_seqs) {
-      adapters.push_back(s->adapter);
-      distinct.insert(s->adapter.get());
-    }
-    for (size_t i = 0; i < batch.size(); ++i) new_tokens += static_cast<int64_t>(chunk[i]);
+    StepPlan plan = scheduler_->NextBatch(absl::Now(), draining_expired);
+    for (auto& [r, why] : plan.stopped) Finish(r, why);
+    if (plan.rows.empty()) return;
     const absl::Time t0 = absl::Now();
-    absl::StatusOr<at::Tensor> logits = lora_->Forward(batch, adapters, cache_.get(), LogitsMode::kLast);
+    auto outcomes = executor_->Step(plan.rows);
     const absl::Duration step_time = absl::Now() - t0;
-    if (!logits.ok()) {
-      for (auto& s : batch_seqs) {
-        DropRunning(s);
-        Finish(s, logits.status());
+    if (!outcomes.ok()) {
+      for (const BatchRow& row : plan.rows) {
+        scheduler_->Complete(*row.request);
+        Finish(row.request, outcomes.status());
       }
       return;
     }
-    at::Tensor cpu = logits->to(at::kCPU);
     int64_t prompt_tokens = 0, generated = 0;
-    for (size_t i = 0; i < batch_seqs.size(); ++i) {
-      std::shared_ptr<Sequence> s = batch_seqs[i];
-      if (s->prefilling) prompt_tokens += static_cast<int64_t>(chunk[i]);
-      s->unfed.erase(s->unfed.begin(), s->unfed.begin() + static_cast<long>(chunk[i]));
-      if (!s->unfed.empty()) continue;  // more prompt chunks to go
-      s->prefilling = false;
-      absl::StatusOr<TokenEvent> event = CallTorch("sampling", [&] { return s->generator->Step(cpu[static_cast<int64_t>(i)]); });
+    for (size_t i = 0; i < plan.rows.size(); ++i) {
+      const BatchRow& row = plan.rows[i];
+      auto s = std::static_pointer_cast<Sequence>(row.request);
+      if (s->prefilling) prompt_tokens += row.count;
+      absl::StatusOr<std::optional<TokenEvent>>& event = (*outcomes)[i];
       if (!event.ok()) {
-        DropRunning(s);
+        scheduler_->Complete(*s);
         Finish(s, event.status());
+        continue;
+      }
+      if (!event->has_value()) {  // more prompt chunks to go
+        scheduler_->Advance(row, /*sampled=*/false);
         continue;
       }
       ++generated;
       if (s->first_token == absl::InfinitePast()) s->first_token = absl::Now();
-      if (s->callbacks.on_token) s->callbacks.on_token(*event);
+      if (s->callbacks.on_token) s->callbacks.on_token(**event);
       if (s->generator->finished()) {
-        DropRunning(s);
+        scheduler_->Complete(*s);
         Finish(s, std::move(s->generator->result()));
       } else {
-        s->unfed.assign(1, event->id);
+        scheduler_->Advance(row, /*sampled=*/true);
       }
     }
     StepObserver observer;
     {
       absl::MutexLock lock(&mu_);
       ++stats_.steps;
-      if (distinct.size() > 1) ++stats_.multi_adapter_steps;
+      if (plan.distinct_adapters > 1) ++stats_.multi_adapter_steps;
       stats_.tokens_in += prompt_tokens;
       stats_.tokens_out += generated;
-      stats_.running = static_cast<int64_t>(running_.size());
-      stats_.kv_bytes_reserved = cache_->bytes_reserved();
-      stats_.last_batch_size = static_cast<int64_t>(batch.size());
-      stats_.last_batch_adapters = static_cast<int64_t>(distinct.size());
+      stats_.running = scheduler_->running();
+      stats_.kv_bytes_reserved = executor_->kv()->bytes_reserved();
+      stats_.last_batch_size = static_cast<int64_t>(plan.rows.size());
+      stats_.last_batch_adapters = plan.distinct_adapters;
+      stats_.preemptions = scheduler_->preemptions();
       observer = observer_;
     }
-    if (observer) observer(static_cast<int>(batch.size()), static_cast<int>(distinct.size()),
-                           static_cast<int>(new_tokens), step_time);
+    if (observer) observer(static_cast<int>(plan.rows.size()), plan.distinct_adapters,
+                           static_cast<int>(plan.new_tokens), step_time);
   }
 
   const EngineOptions options_;
@@ -674,28 +461,20 @@ class EngineImpl : public Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<AdapterRegistry> registry_;
-  std::unique_ptr<KvCache> cache_;         // engine thread
+  std::unique_ptr<Executor> executor_;    // owns the KV cache; engine thread
+  std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Worker> worker_;  // created in Init, stopped (never reset) by Shutdown
   std::once_flag stopped_;
   std::thread thread_;
 
   mutable absl::Mutex mu_;
-  std::map<std::string, std::deque<std::shared_ptr<Sequence>>> queues_ ABSL_GUARDED_BY(mu_);
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
-  int64_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   bool ready_ ABSL_GUARDED_BY(mu_) = false;
   bool loop_exited_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time drain_deadline_ ABSL_GUARDED_BY(mu_);
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   StepObserver observer_ ABSL_GUARDED_BY(mu_);
-  std::string last_admitted_adapter_ ABSL_GUARDED_BY(mu_);
-
-  // Engine thread only.
-  std::vector<std::shared_ptr<Sequence>> running_;
-  std::vector<std::pair<std::shared_ptr<Sequence>, absl::Status>> expired_;
-  std::string single_last_;
 };
 
 }  // namespace

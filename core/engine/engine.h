@@ -17,15 +17,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "core/engine/scheduler.h"
 #include "core/lora/adapter_types.h"
 #include "core/model/generation_types.h"
 
 namespace loraserve::core {
-
-enum class BatchPolicy {
-  kMixed,          // rows of different adapters share a batch (default)
-  kSingleAdapter,  // each step runs rows of one adapter only (PEFT-style), round-robin
-};
 
 struct EngineOptions {
   std::string model_dir;             // Hugging Face checkpoint directory (with tokenizer.json)
