@@ -1,0 +1,178 @@
+// loractl health, metrics: the server's gRPC health status and its Prometheus
+// /metrics.
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "client/loractl/commands.h"
+#include "client/loractl/flags.h"
+
+namespace loraserve::loractl {
+namespace {
+
+constexpr int kUnavailable = 14;  // grpc UNAVAILABLE: health not SERVING
+
+int RunHealth(Context& ctx, const std::string& service) {
+  auto status = ctx.client().Health(service, ctx.call());
+  if (!status.ok()) return ctx.Fail(status.status());
+  const char* name = loraserve::ServingStatusName(*status);
+  if (ctx.json()) {
+    ctx.Emit({{"service", service},
+              {"status", name},
+              {"serving", *status == loraserve::ServingStatus::kServing}});
+  } else {
+    std::printf("%s\n", name);
+  }
+  return *status == loraserve::ServingStatus::kServing ? 0 : kUnavailable;
+}
+
+// GET http://address/path within `timeout`; the body of a 200 reply.
+// UNAVAILABLE when the server cannot be reached or answers otherwise.
+absl::StatusOr<std::string> HttpGet(const std::string& address, const std::string& path,
+                                    absl::Duration timeout) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos)
+    return absl::InvalidArgumentError("metrics address must be HOST:PORT");
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  std::string host = address.substr(0, colon);
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  if (getaddrinfo(host.c_str(), address.substr(colon + 1).c_str(), &hints, &res) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", address));
+  }
+  const int fd = ::socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+  if (fd >= 0) {
+    timeval tv{};
+    const int64_t us = absl::ToInt64Microseconds(timeout);
+    tv.tv_sec = us / 1000000;
+    tv.tv_usec = us % 1000000;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
+  const bool connected = fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+  freeaddrinfo(res);
+  if (!connected) {
+    if (fd >= 0) ::close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot connect to ", address));
+  }
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", address, "\r\n\r\n");
+  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string reply;
+  char buf[8192];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) reply.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  const size_t body = reply.find("\r\n\r\n");
+  if (body == std::string::npos || reply.find(" 200 ") > reply.find("\r\n")) {
+    return absl::UnavailableError(absl::StrCat("bad reply from http://", address, path));
+  }
+  return reply.substr(body + 4);
+}
+
+// One Prometheus text-format sample line ("name{a=\"b\"} 1.5") as JSON; nullopt
+// for comments and lines it cannot read.
+std::optional<Json> MetricSample(const std::string& line) {
+  if (line.empty() || line[0] == '#') return std::nullopt;
+  size_t i = line.find_first_of("{ ");
+  if (i == std::string::npos) return std::nullopt;
+  Json sample = {{"name", line.substr(0, i)}, {"labels", Json::object()}};
+  if (line[i] == '{') {
+    ++i;
+    while (i < line.size() && line[i] != '}') {
+      const size_t eq = line.find("=\"", i);
+      if (eq == std::string::npos) return std::nullopt;
+      const std::string key = line.substr(i, eq - i);
+      std::string value;
+      for (i = eq + 2; i < line.size() && line[i] != '"'; ++i) {
+        if (line[i] == '\\' && i + 1 < line.size()) {
+          ++i;
+          value += line[i] == 'n' ? '\n' : line[i];
+        } else {
+          value += line[i];
+        }
+      }
+      sample["labels"][key] = value;
+      i += 1;  // closing quote
+      if (i < line.size() && line[i] == ',') ++i;
+    }
+    ++i;  // '}'
+  }
+  std::vector<std::string> rest =
+      absl::StrSplit(line.substr(std::min(i, line.size())), ' ', absl::SkipEmpty());
+  if (rest.empty()) return std::nullopt;
+  double value;
+  if (absl::SimpleAtod(rest[0], &value) && std::isfinite(value)) {
+    sample["value"] = value;
+  } else {
+    sample["value"] = rest[0];  // +Inf, -Inf, NaN
+  }
+  return sample;
+}
+
+struct MetricsArgs {
+  std::string prefix;
+  std::string metrics_addr = "127.0.0.1:9464";
+};
+
+int RunMetrics(Context& ctx, const MetricsArgs& args) {
+  auto text = HttpGet(args.metrics_addr, "/metrics", ctx.flags().client.default_deadline);
+  if (!text.ok()) return ctx.Fail(text.status());
+  Json samples = Json::array();
+  for (absl::string_view piece : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    const std::string line(piece);
+    if (ctx.json()) {
+      std::optional<Json> sample = MetricSample(line);
+      if (sample && (*sample)["name"].get<std::string>().rfind(args.prefix, 0) == 0)
+        samples.push_back(*sample);
+    } else if (line.rfind(args.prefix, 0) == 0) {
+      std::printf("%s\n", line.c_str());
+    }
+  }
+  if (ctx.json()) ctx.Emit({{"metrics_addr", args.metrics_addr}, {"samples", samples}});
+  return 0;
+}
+
+}  // namespace
+
+void AddServerCommands(CLI::App* root, CommandTable* table) {
+  auto service = std::make_shared<std::string>();
+  CLI::App* health = table->Add(root, "health", "grpc.health.v1 status (exit 14 unless SERVING)",
+                                "", [service](Context& ctx) { return RunHealth(ctx, *service); });
+  health->add_option("SERVICE", *service, "the service to ask about (default: the server)");
+
+  auto args = std::make_shared<MetricsArgs>();
+  CLI::App* metrics = table->Add(
+      root, "metrics", "Prometheus /metrics (names starting with PREFIX)",
+      "Plain HTTP to the server's --metrics_listen. With --json:\n"
+      "{\"samples\": [{\"name\", \"labels\", \"value\"}]}.",
+      [args](Context& ctx) { return RunMetrics(ctx, *args); },
+      /*needs_client=*/false);
+  metrics->add_option("PREFIX", args->prefix, "only the samples whose names start with PREFIX");
+  AddString(metrics,
+            {"metrics_addr", "HOST:PORT",
+             "the server's --metrics_listen (env LORASERVE_METRICS_ADDR; "
+             "default 127.0.0.1:9464)"},
+            &args->metrics_addr)
+      ->envname("LORASERVE_METRICS_ADDR");
+}
+
+}  // namespace loraserve::loractl
