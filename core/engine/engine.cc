@@ -292,6 +292,7 @@ class EngineImpl : public Engine {
     absl::MutexLock lock(&mu_);
     EngineStats s = stats_;
     s.queue_depth = scheduler_->waiting();
+    s.preemptions = scheduler_->preemptions();
     s.ready = ready_ && !shutting_down_;
     s.kv_budget_bytes = options_.kv_budget_bytes;
     s.adapter_evictions = registry_->evictions();
@@ -449,7 +450,6 @@ class EngineImpl : public Engine {
       stats_.kv_bytes_reserved = executor_->kv()->bytes_reserved();
       stats_.last_batch_size = static_cast<int64_t>(plan.rows.size());
       stats_.last_batch_adapters = plan.distinct_adapters;
-      stats_.preemptions = scheduler_->preemptions();
       observer = observer_;
     }
     if (observer) observer(static_cast<int>(plan.rows.size()), plan.distinct_adapters,
