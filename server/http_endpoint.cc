@@ -1,53 +1,151 @@
+// The one file that includes cpp-httplib.
 #include "server/http_endpoint.h"
 
 #include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
+#include <httplib.h>
 #include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 
 namespace loraserve::server {
 namespace {
 
-constexpr size_t kMaxRequestBytes = 8192;
+// A fixed number of threads with a bounded queue, behind httplib's TaskQueue (see PoolRef). A full queue blocks the
+// accepting thread (backpressure into the listen backlog) rather than dropping the connection:
+// httplib 0.11 gives the queue no way to close a connection it refuses. Once Close() has been
+// called (shutting down), connections still being handed over are served on the caller's thread.
+class BoundedPool {
+ public:
+  BoundedPool(int threads, int max_queue) : max_queue_(static_cast<size_t>(max_queue)) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+  }
+  ~BoundedPool() { Shutdown(); }
+
+  void Enqueue(std::function<void()> fn) {
+    std::unique_lock<std::mutex> lock(mu_);
+    not_full_.wait(lock, [&] { return closing_ || queue_.size() < max_queue_; });
+    if (closing_) {
+      lock.unlock();
+      fn();
+      return;
+    }
+    queue_.push_back(std::move(fn));
+    not_empty_.notify_one();
+  }
+
+  // Runs what is queued, then joins the threads. Idempotent.
+  void Shutdown() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopped_) return;
+      stopped_ = closing_ = true;
+    }
+    not_empty_.notify_all();
+    not_full_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+
+  // Unblocks a waiting enqueue (Stop() before httplib's accept loop can exit).
+  void Close() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+    }
+    not_full_.notify_all();
+  }
+
+ private:
+  void Work() {
+    while (true) {
+      std::function<void()> fn;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        not_empty_.wait(lock, [&] { return stopped_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      not_full_.notify_one();
+      fn();
+    }
+  }
+
+  const size_t max_queue_;
+  std::mutex mu_;
+  std::condition_variable not_empty_, not_full_;
+  std::deque<std::function<void()>> queue_;
+  bool closing_ = false;
+  bool stopped_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// What httplib's accept loop owns: a handle on the endpoint's pool, which outlives the loop.
+class PoolRef : public httplib::TaskQueue {
+ public:
+  explicit PoolRef(std::shared_ptr<BoundedPool> pool) : pool_(std::move(pool)) {}
+  void enqueue(std::function<void()> fn) override { pool_->Enqueue(std::move(fn)); }
+  void shutdown() override { pool_->Shutdown(); }
+
+ private:
+  std::shared_ptr<BoundedPool> pool_;
+};
 
 const char* Reason(int status) {
   switch (status) {
-    case 200: return "OK";
+    case 400: return "Bad Request";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
-    default: return "Bad Request";
+    case 408: return "Request Timeout";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 503: return "Service Unavailable";
+    default: return status >= 500 ? "Server Error" : "Error";
   }
 }
 
-bool SendAll(int fd, const std::string& data) {
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    sent += static_cast<size_t>(n);
-  }
-  return true;
+time_t Seconds(absl::Duration d) { return static_cast<time_t>(absl::ToInt64Seconds(d)); }
+time_t Micros(absl::Duration d) {
+  return static_cast<time_t>(absl::ToInt64Microseconds(d - absl::Seconds(absl::ToInt64Seconds(d))));
 }
 
 }  // namespace
 
+struct HttpEndpoint::Impl {
+  httplib::Server server;
+  std::shared_ptr<BoundedPool> pool;  // set by Start
+  std::thread thread;                 // httplib's accept loop
+  std::atomic<bool> loop_ended{false};
+  std::mutex mu;
+  bool stopped = false;  // guarded by mu
+};
+
+HttpEndpoint::HttpEndpoint(const HttpOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {}
+
 HttpEndpoint::~HttpEndpoint() { Stop(); }
 
-void HttpEndpoint::Handle(const std::string& path, Handler handler) {
-  handlers_[path] = std::move(handler);
-}
+void HttpEndpoint::Handle(const std::string& path, Handler handler) { handlers_[path] = std::move(handler); }
 
 absl::Status HttpEndpoint::Start(const std::string& listen) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->pool != nullptr || impl_->stopped) return absl::FailedPreconditionError("HTTP endpoint already started");
+  }
+  if (options_.threads < 1 || options_.max_queue < 1 || options_.max_request_bytes < 1 ||
+      options_.timeout <= absl::ZeroDuration() || options_.keep_alive_max_requests < 1) {
+    return absl::InvalidArgumentError(
+        "HTTP options out of range: threads, queue, request bytes, timeout and keep-alive requests must be positive");
+  }
   const size_t colon = listen.rfind(':');
   int port = -1;
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
@@ -57,85 +155,78 @@ absl::Status HttpEndpoint::Start(const std::string& listen) {
   std::string host = listen.substr(0, colon);
   if (host.empty()) host = "0.0.0.0";
   if (host == "localhost") host = "127.0.0.1";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (::inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+  in_addr parsed{};
+  if (::inet_pton(AF_INET, host.c_str(), &parsed) != 1) {
     return absl::InvalidArgumentError(absl::StrCat("\"", host, "\" is not an IPv4 address"));
   }
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  const int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 16) != 0) {
-    const std::string error = std::strerror(errno);
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", listen, ": ", error));
+
+  httplib::Server& s = impl_->server;
+  // httplib's default also sets SO_REUSEPORT, which would let a second server share the port.
+  s.set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  std::shared_ptr<BoundedPool> pool = std::make_shared<BoundedPool>(options_.threads, options_.max_queue);
+  s.new_task_queue = [pool]() -> httplib::TaskQueue* { return new PoolRef(pool); };
+  s.set_payload_max_length(static_cast<size_t>(options_.max_request_bytes));
+  s.set_read_timeout(Seconds(options_.timeout), Micros(options_.timeout));
+  s.set_write_timeout(Seconds(options_.timeout), Micros(options_.timeout));
+  s.set_keep_alive_timeout(std::max<time_t>(1, Seconds(options_.timeout)));
+  s.set_keep_alive_max_count(static_cast<size_t>(options_.keep_alive_max_requests));
+  for (const auto& [path, handler] : handlers_) {
+    s.Get(path, [handler = handler](const httplib::Request&, httplib::Response& res) {
+      Response r = handler();
+      res.status = r.status;
+      res.set_content(r.body, r.content_type.c_str());
+    });
+    auto not_allowed = [](const httplib::Request& req, httplib::Response& res) {
+      res.status = 405;
+      res.set_header("Allow", "GET, HEAD");
+      res.set_content(absl::StrCat(req.method, " not allowed: only GET and HEAD\n"), "text/plain; charset=utf-8");
+    };
+    s.Post(path, not_allowed);
+    s.Put(path, not_allowed);
+    s.Delete(path, not_allowed);
+    s.Patch(path, not_allowed);
+    s.Options(path, not_allowed);
   }
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  port_ = ntohs(addr.sin_port);
-  listen_fd_ = fd;
-  thread_ = std::thread([this] { Serve(); });
+  s.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.body.empty()) {
+      res.set_content(absl::StrCat(res.status, " ", Reason(res.status), "\n"),
+                      "text/plain; charset=utf-8");
+    }
+  });
+
+  const int bound = port == 0 ? s.bind_to_any_port(host) : (s.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", listen, ": ", std::strerror(errno)));
+  }
+  port_ = bound;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->pool = std::move(pool);
+  }
+  Impl* impl = impl_.get();
+  impl_->thread = std::thread([impl] {
+    impl->server.listen_after_bind();
+    impl->loop_ended = true;
+  });
+  // httplib's stop() does nothing until the loop runs: wait for it so Stop() cannot be lost.
+  while (!impl_->server.is_running() && !impl_->loop_ended) std::this_thread::sleep_for(std::chrono::microseconds(100));
   return absl::OkStatus();
 }
 
 void HttpEndpoint::Stop() {
-  stop_ = true;
-  // Wakes the poll at once (a shut-down listening socket reports readable).
-  if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
-  if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) {
-    ::close(listen_fd_);
-    listen_fd_ = -1;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->stopped) return;
+    impl_->stopped = true;
+    if (impl_->pool == nullptr) return;  // never started
+    impl_->pool->Close();
   }
-}
-
-void HttpEndpoint::Serve() {
-  while (!stop_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    // Stop() shuts the socket down, which wakes the poll; the timeout is a fallback.
-    if (::poll(&p, 1, 1000) <= 0) continue;
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    ServeConnection(fd);
-    ::close(fd);
-  }
-}
-
-void HttpEndpoint::ServeConnection(int fd) {
-  // A slow or silent client must not hold the endpoint for long.
-  timeval timeout{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  std::string request;
-  char buf[1024];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < kMaxRequestBytes) {
-    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    request.append(buf, static_cast<size_t>(n));
-  }
-  Response response;
-  const std::string line = request.substr(0, request.find("\r\n"));
-  std::vector<std::string> parts = absl::StrSplit(line, ' ');
-  if (parts.size() != 3 || parts[2].rfind("HTTP/1.", 0) != 0) {
-    response.status = 400;
-  } else if (parts[0] != "GET") {
-    response.status = 405;
-  } else {
-    const std::string path = parts[1].substr(0, parts[1].find('?'));
-    auto it = handlers_.find(path);
-    if (it == handlers_.end()) {
-      response.status = 404;
-    } else {
-      response = it->second();
-    }
-  }
-  if (response.status != 200) response.body = absl::StrCat(Reason(response.status), "\n");
-  SendAll(fd, absl::StrCat("HTTP/1.1 ", response.status, " ", Reason(response.status),
-                           "\r\nContent-Type: ", response.content_type,
-                           "\r\nContent-Length: ", response.body.size(),
-                           "\r\nConnection: close\r\n\r\n", response.body));
+  impl_->server.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->pool->Shutdown();
 }
 
 }  // namespace loraserve::server

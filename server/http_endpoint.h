@@ -1,21 +1,36 @@
-// A minimal HTTP/1.x server for GET endpoints such as /metrics: one thread, one connection at a
-// time, `Connection: close`. It exists because prometheus-cpp's Exposer cannot run in this process:
-// Debian's civetweb creates its threads with a fixed 100 KiB stack, which is smaller than the
-// static TLS that LibTorch + OpenBLAS + glog need, so pthread_create fails with EINVAL.
+// The server's plain-HTTP port (/metrics, /healthz, /readyz; the OpenAI-compatible API later) on
+// cpp-httplib. Requests are served by a fixed pool of threads with a bounded queue of accepted
+// connections: when every thread is busy and the queue is full, new connections wait in the
+// kernel's listen backlog (they are accepted as slots free up) instead of growing memory or
+// threads. Each read and write of a request is limited by `timeout`, so a client that stops
+// sending is disconnected and frees its thread; requests (headers + body) over
+// `max_request_bytes` are refused with 413.
 //
-// Thread-safe: handlers run on the endpoint's thread; Start/Stop from any thread.
+// (prometheus-cpp's own Exposer cannot run in this process: Debian's civetweb creates its threads
+// with a fixed 100 KiB stack, smaller than the static TLS that LibTorch + OpenBLAS need.)
+//
+// Thread-safe: handlers run on the pool's threads, concurrently; Start/Stop from any thread.
 #ifndef LORASERVE_SERVER_HTTP_ENDPOINT_H_
 #define LORASERVE_SERVER_HTTP_ENDPOINT_H_
 
-#include <atomic>
+#include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 
 namespace loraserve::server {
+
+struct HttpOptions {
+  int threads = 4;                        // requests served at once
+  int max_queue = 64;                     // accepted connections waiting for a thread
+  int64_t max_request_bytes = 64 << 10;   // larger bodies get 413 (headers: 8 KiB per line)
+  absl::Duration timeout = absl::Seconds(5);  // per read / write; an idle client is cut off
+  int keep_alive_max_requests = 100;      // requests per connection before it is closed
+};
 
 class HttpEndpoint {
  public:
@@ -26,30 +41,28 @@ class HttpEndpoint {
   };
   using Handler = std::function<Response()>;
 
-  HttpEndpoint() = default;
+  explicit HttpEndpoint(const HttpOptions& options = HttpOptions());
   ~HttpEndpoint();
   HttpEndpoint(const HttpEndpoint&) = delete;
   HttpEndpoint& operator=(const HttpEndpoint&) = delete;
 
-  // Serves GET `path` with `handler`. Before Start() only.
+  // Serves GET (and HEAD) `path` with `handler`; other methods on it get 405, unknown paths 404.
+  // Before Start() only.
   void Handle(const std::string& path, Handler handler);
-  // Binds "host:port" (IPv4 address or "localhost"; port 0 = any free port) and starts serving.
-  // InvalidArgument if the address is malformed or cannot be bound.
+  // Binds "host:port" (port 0 = any free port) and starts serving. InvalidArgument if the address
+  // is malformed or cannot be bound, or an option is out of range; FailedPrecondition if started.
   absl::Status Start(const std::string& listen);
   // The bound port (0 before Start).
   int port() const { return port_; }
-  // Stops serving and joins the thread. Idempotent.
+  // Stops accepting, lets requests being served finish, joins every thread. Idempotent.
   void Stop();
 
  private:
-  void Serve();
-  void ServeConnection(int fd);
-
+  struct Impl;
+  const HttpOptions options_;
   std::map<std::string, Handler> handlers_;
-  int listen_fd_ = -1;
+  std::unique_ptr<Impl> impl_;
   int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
 };
 
 }  // namespace loraserve::server

@@ -35,8 +35,19 @@ ABSL_FLAG(std::string, device, "cpu", "cpu | cuda[:N] (needs a CUDA build of Lib
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads; 0 = hardware concurrency");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port for gRPC (port 0 = any free port)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
-          "host:port for the Prometheus /metrics HTTP endpoint (port 0 = any free port; empty = "
-          "no endpoint)");
+          "host:port for the plain-HTTP port: /metrics (Prometheus), /healthz (liveness), /readyz "
+          "(200 once the model is loaded and while not draining, else 503) (port 0 = any free "
+          "port; empty = none)");
+ABSL_FLAG(int, http_threads, 4, "threads serving the HTTP port (requests served at once)");
+ABSL_FLAG(int, http_max_queue, 64,
+          "accepted HTTP connections waiting for a thread; beyond it new connections wait in the "
+          "kernel's listen backlog");
+ABSL_FLAG(int64_t, http_max_request_bytes, 64 << 10,
+          "largest HTTP request body in bytes (larger: 413); header lines are limited to 8 KiB");
+ABSL_FLAG(absl::Duration, http_timeout, absl::Seconds(5),
+          "longest wait for each read or write of an HTTP request; a client idle that long is "
+          "disconnected");
+ABSL_FLAG(int, http_keep_alive_max_requests, 100, "HTTP requests per connection before it is closed");
 ABSL_FLAG(std::string, adapter_root, "",
           "directory that LoadAdapter paths are relative to (paths escaping it are refused); "
           "empty = LoadAdapter is refused, UploadAdapter still works");
@@ -171,6 +182,11 @@ int main(int argc, char** argv) {
   loraserve::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.http.threads = absl::GetFlag(FLAGS_http_threads);
+  options.http.max_queue = absl::GetFlag(FLAGS_http_max_queue);
+  options.http.max_request_bytes = absl::GetFlag(FLAGS_http_max_request_bytes);
+  options.http.timeout = absl::GetFlag(FLAGS_http_timeout);
+  options.http.keep_alive_max_requests = absl::GetFlag(FLAGS_http_keep_alive_max_requests);
   options.adapter_root = absl::GetFlag(FLAGS_adapter_root);
   options.upload_dir = absl::GetFlag(FLAGS_upload_dir);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);

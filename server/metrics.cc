@@ -18,7 +18,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/engine/engine.h"
-#include "server/http_endpoint.h"
 
 namespace loraserve::server {
 namespace {
@@ -142,7 +141,6 @@ struct Metrics::Impl {
   MetricsOptions options;
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::shared_ptr<EngineCollector> collector = std::make_shared<EngineCollector>();
-  std::unique_ptr<HttpEndpoint> http;
 
   prometheus::Family<prometheus::Counter>* requests;
   prometheus::Family<prometheus::Histogram>* request_duration;
@@ -244,27 +242,7 @@ Metrics::Metrics(const MetricsOptions& options) : impl_(std::make_unique<Impl>()
                           .Register(reg);
 }
 
-Metrics::~Metrics() {
-  // Scrapes read the engine and the registry: stop them first.
-  if (impl_->http != nullptr) impl_->http->Stop();
-}
-
-absl::Status Metrics::StartHttp(const std::string& listen) {
-  if (impl_->http != nullptr) return absl::FailedPreconditionError("metrics already served");
-  auto http = std::make_unique<HttpEndpoint>();
-  http->Handle("/metrics", [this] {
-    HttpEndpoint::Response r;
-    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    r.body = Render();
-    return r;
-  });
-  absl::Status s = http->Start(listen);
-  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("metrics endpoint: ", s.message()));
-  impl_->http = std::move(http);
-  return absl::OkStatus();
-}
-
-int Metrics::http_port() const { return impl_->http != nullptr ? impl_->http->port() : 0; }
+Metrics::~Metrics() = default;
 
 void Metrics::AttachEngine(std::shared_ptr<core::Engine> engine,
                            std::function<int()> loading_adapters) {

@@ -1,4 +1,5 @@
-// Prometheus metrics of the server (prometheus-cpp), served on their own HTTP port at /metrics.
+// Prometheus metrics of the server (prometheus-cpp); the server serves Render() at /metrics on its
+// HTTP port (server/http_endpoint.h).
 //
 // Counters and histograms are recorded by the services and the engine's step observer; engine
 // gauges (queue depth, KV cache, adapters by state, resident bytes, evictions) are read from the
@@ -36,12 +37,6 @@ class Metrics {
   ~Metrics();
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
-
-  // Serves /metrics over HTTP on `listen` ("host:port"; port 0 = any free port). InvalidArgument if
-  // it cannot bind; FailedPrecondition if already serving.
-  absl::Status StartHttp(const std::string& listen);
-  // The bound HTTP port, 0 when not serving.
-  int http_port() const;
 
   // Engine gauges are read from `engine` at each scrape from now on. `loading_adapters` reports how
   // many adapters are being loaded (they are not in the engine yet).

@@ -85,8 +85,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   s->metrics_ = std::make_unique<Metrics>(mopts);
   env.metrics = s->metrics_.get();
   if (!options.metrics_listen.empty()) {
-    absl::Status m = s->metrics_->StartHttp(options.metrics_listen);
-    if (!m.ok()) return m;
+    s->http_ = std::make_unique<HttpEndpoint>(options.http);
+    Metrics* metrics = s->metrics_.get();
+    s->http_->Handle("/metrics", [metrics] {
+      return HttpEndpoint::Response{200, "text/plain; version=0.0.4; charset=utf-8", metrics->Render()};
+    });
+    s->http_->Handle("/healthz", [] { return HttpEndpoint::Response{200, "text/plain; charset=utf-8", "ok\n"}; });
+    Server* self = s.get();
+    s->http_->Handle("/readyz", [self] {
+      if (self->serving_) return HttpEndpoint::Response{200, "text/plain; charset=utf-8", "ready\n"};
+      return HttpEndpoint::Response{503, "text/plain; charset=utf-8",
+                                    self->env_->engine.draining() ? "not ready: draining\n"
+                                                                   : "not ready: loading the model\n"};
+    });
+    absl::Status m = s->http_->Start(options.metrics_listen);
+    if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("metrics endpoint: ", m.message()));
   }
   s->pool_ = std::make_unique<WorkPool>(std::max(1, options.io_threads));
   env.pool = s->pool_.get();
@@ -110,13 +123,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   s->SetServing(false);
   env.logger.Log(absl::StrFormat(
-      "event=listening port=%d metrics_port=%d tls=%s auth=%s", s->port_, s->metrics_->http_port(),
+      "event=listening port=%d metrics_port=%d tls=%s auth=%s", s->port_, s->metrics_port(),
       options.tls_cert_file.empty() ? "off" : options.tls_client_ca_file.empty() ? "on" : "mutual",
       env.auth == nullptr ? "off" : absl::StrCat("bearer(", env.auth->size(), " tokens)")));
   return s;
 }
 
 Server::~Server() {
+  if (http_ != nullptr) http_->Stop();
   if (server_ != nullptr) {
     server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
@@ -134,7 +148,7 @@ Server::~Server() {
   transfer::RemoveTree(private_upload_dir_);
 }
 
-int Server::metrics_port() const { return metrics_->http_port(); }
+int Server::metrics_port() const { return http_ != nullptr ? http_->port() : 0; }
 
 void Server::AttachEngine(std::shared_ptr<core::Engine> engine) {
   Metrics* metrics = metrics_.get();
@@ -152,6 +166,7 @@ void Server::AttachEngine(std::shared_ptr<core::Engine> engine) {
 
 void Server::SetServing(bool serving) {
   server_->GetHealthCheckService()->SetServingStatus(serving);
+  serving_ = serving;
 }
 
 void Server::Shutdown(absl::Duration grace) {

@@ -1,5 +1,5 @@
 // The loraserve gRPC server: owns the grpc::Server, the AdapterService and InferenceService, the
-// standard health service, reflection, and the /metrics endpoint.
+// standard health service, reflection, and the HTTP port (/metrics, /healthz, /readyz).
 //
 // Start() binds and serves at once with health NOT_SERVING; every AdapterService /
 // InferenceService call answers UNAVAILABLE until AttachEngine() hands over an engine that has
@@ -12,12 +12,14 @@
 #ifndef LORASERVE_SERVER_SERVER_H_
 #define LORASERVE_SERVER_SERVER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/http_endpoint.h"
 #include "server/logging.h"
 
 namespace grpc {
@@ -39,8 +41,12 @@ class InferenceService;
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (see Server::port()).
   std::string listen_address = "127.0.0.1:50051";
-  // host:port of the Prometheus /metrics HTTP endpoint; "" = none. Port 0 picks a free port.
+  // host:port of the plain-HTTP port; "" = none. Port 0 picks a free port. It serves /metrics
+  // (Prometheus), /healthz (200 while the process serves) and /readyz (200 once the engine is
+  // attached and while not draining, else 503: the gRPC health status as HTTP).
   std::string metrics_listen;
+  // Threads, queue, request size and time limits of that port.
+  HttpOptions http;
   // Directory LoadAdapter paths are relative to; "" refuses LoadAdapter (UploadAdapter still works).
   std::string adapter_root;
   // Where uploads and files being saved/exported are written; "" = a private temporary directory
@@ -97,6 +103,8 @@ class Server {
  private:
   Server();
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<HttpEndpoint> http_;  // stopped first in ~Server: its handlers read the rest
+  std::atomic<bool> serving_{false};
   std::unique_ptr<WorkPool> pool_;
   std::unique_ptr<ServiceEnv> env_;
   std::unique_ptr<AdapterService> adapter_service_;

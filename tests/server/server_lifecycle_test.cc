@@ -54,12 +54,23 @@ TEST(ServerLifecycleTest, NotServingUntilTheEngineIsLoadedAndWarm) {
               StatusIs(absl::StatusCode::kUnavailable));
   ASSERT_OK_AND_ASSIGN(auto ready, env->Metric("loraserve_engine_ready"));
   EXPECT_THAT(ready, Optional(0.0));
+  // The HTTP probes say the same: alive, not ready.
+  const int http = env->server().metrics_port();
+  ASSERT_OK_AND_ASSIGN(testing::HttpReply live, testing::HttpRequest(http, "GET", "/healthz"));
+  EXPECT_EQ(live.status, 200);
+  EXPECT_EQ(live.body, "ok\n");
+  ASSERT_OK_AND_ASSIGN(testing::HttpReply not_ready, testing::HttpRequest(http, "GET", "/readyz"));
+  EXPECT_EQ(not_ready.status, 503);
+  EXPECT_THAT(not_ready.body, HasSubstr("loading"));
 
   ASSERT_OK(env->AttachEngine());  // loads stories260K and runs the warm-up forward
   ASSERT_OK_AND_ASSIGN(ServingStatus after, env->client().Health());
   EXPECT_EQ(after, ServingStatus::kServing);
   ASSERT_OK_AND_ASSIGN(ready, env->Metric("loraserve_engine_ready"));
   EXPECT_THAT(ready, Optional(1.0));
+  ASSERT_OK_AND_ASSIGN(testing::HttpReply is_ready, testing::HttpRequest(http, "GET", "/readyz"));
+  EXPECT_EQ(is_ready.status, 200);
+  EXPECT_EQ(is_ready.body, "ready\n");
   EXPECT_OK(env->client().Generate(Greedy("", 4)).status());
   EXPECT_EQ(env->logs().Matching({"event=engine_ready", "model=stories260K"}).size(), 1u);
 }
@@ -79,6 +90,11 @@ TEST(ServerLifecycleTest, DrainingIsNotServingAndLetsRequestsInFlightFinish) {
   while (health.ok() && *health == ServingStatus::kServing && absl::Now() < end) health = probe->Health();
   ASSERT_OK(health.status());
   EXPECT_EQ(*health, ServingStatus::kNotServing);
+  ASSERT_OK_AND_ASSIGN(testing::HttpReply draining, testing::HttpRequest(env->server().metrics_port(), "GET", "/readyz"));
+  EXPECT_EQ(draining.status, 503);
+  EXPECT_THAT(draining.body, HasSubstr("draining"));
+  ASSERT_OK_AND_ASSIGN(testing::HttpReply live, testing::HttpRequest(env->server().metrics_port(), "GET", "/healthz"));
+  EXPECT_EQ(live.status, 200);
   EXPECT_THAT(probe->Generate(Greedy("", 4)),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("shutting down")));
 

@@ -1,12 +1,9 @@
 #include "tests/server/server_test_env.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <httplib.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -215,34 +212,31 @@ absl::StatusOr<std::optional<double>> TestServer::Metric(
   return FindMetric(*text, name, labels);
 }
 
+absl::StatusOr<HttpReply> HttpRequest(int port, const std::string& method, const std::string& path,
+                                      const std::string& body) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_connection_timeout(5);
+  client.set_read_timeout(30);
+  httplib::Result res = method == "GET"      ? client.Get(path.c_str())
+                        : method == "HEAD"   ? client.Head(path.c_str())
+                        : method == "POST"   ? client.Post(path.c_str(), body, "text/plain")
+                        : method == "DELETE" ? client.Delete(path.c_str())
+                                             : httplib::Result(nullptr, httplib::Error::Unknown);
+  if (!res) {
+    return absl::UnavailableError(absl::StrCat(method, " ", path, " on port ", port, ": ", httplib::to_string(res.error())));
+  }
+  HttpReply reply;
+  reply.status = res->status;
+  reply.body = res->body;
+  for (const auto& [k, v] : res->headers) reply.headers[k] = v;
+  return reply;
+}
+
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket failed");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot connect to port ", port));
-  }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  if (::send(fd, req.data(), req.size(), 0) != static_cast<ssize_t>(req.size())) {
-    ::close(fd);
-    return absl::InternalError("send failed");
-  }
-  std::string response;
-  char buf[8192];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) response.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  const size_t header_end = response.find("\r\n\r\n");
-  if (header_end == std::string::npos) return absl::InternalError("malformed HTTP response");
-  const std::string status_line = response.substr(0, response.find("\r\n"));
-  if (status_line.find(" 200") == std::string::npos) {
-    return absl::InternalError(absl::StrCat("HTTP ", status_line));
-  }
-  return response.substr(header_end + 4);
+  auto reply = HttpRequest(port, "GET", path);
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 200) return absl::InternalError(absl::StrCat("HTTP ", reply->status, ": ", reply->body));
+  return reply->body;
 }
 
 std::optional<double> FindMetric(const std::string& text, const std::string& name,

@@ -170,7 +170,17 @@ class TestServer {
   std::unique_ptr<Client> client_;
 };
 
-// A plain HTTP/1.0 GET of `path` from 127.0.0.1:`port`; the body on status 200.
+struct HttpReply {
+  int status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;
+};
+// `method` (GET, HEAD, POST, DELETE) `path` on 127.0.0.1:`port`; Unavailable if it cannot connect
+// or gets no reply.
+absl::StatusOr<HttpReply> HttpRequest(int port, const std::string& method, const std::string& path,
+                                      const std::string& body = "");
+// GET `path` from 127.0.0.1:`port`: the body on status 200, Internal("HTTP <status>: <body>")
+// otherwise.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 
 // The value of the exposition-format sample `name{labels}` in `text`, or nullopt.

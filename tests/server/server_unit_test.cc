@@ -8,7 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "server/adapter_service.h"
 #include "server/grpc_status.h"
-#include "server/http_endpoint.h"
 #include "server/logging.h"
 #include "server/metrics.h"
 #include "tests/server/server_test_env.h"
@@ -77,21 +76,6 @@ TEST(ResolveUnderRootTest, ConfinesPathsToTheRoot) {
   EXPECT_THAT(ResolveUnderRoot("", "a"), StatusIs(absl::StatusCode::kFailedPrecondition));
   auto missing = ResolveUnderRoot(root, "missing");
   EXPECT_EQ(std::string(missing.status().message()).find(root), std::string::npos);
-}
-
-TEST(HttpEndpointTest, ServesHandlersAnd404) {
-  HttpEndpoint http;
-  http.Handle("/metrics", [] { return HttpEndpoint::Response{200, "text/plain", "up 1\n"}; });
-  ASSERT_OK(http.Start("127.0.0.1:0"));
-  ASSERT_GT(http.port(), 0);
-  ASSERT_OK_AND_ASSIGN(std::string body, testing::HttpGet(http.port(), "/metrics"));
-  EXPECT_EQ(body, "up 1\n");
-  EXPECT_THAT(testing::HttpGet(http.port(), "/other"), StatusIs(absl::StatusCode::kInternal, HasSubstr("404")));
-  HttpEndpoint second;
-  EXPECT_THAT(second.Start(absl::StrCat("127.0.0.1:", http.port())), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(second.Start("nonsense"), StatusIs(absl::StatusCode::kInvalidArgument));
-  http.Stop();
-  EXPECT_FALSE(testing::HttpGet(http.port(), "/metrics").ok());
 }
 
 TEST(MetricsTest, ExpositionParsesBack) {
