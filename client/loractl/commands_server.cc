@@ -1,9 +1,6 @@
 // loractl health, metrics: the server's gRPC health status and its Prometheus
 // /metrics.
-#include <netdb.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
+#include <httplib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -47,45 +44,27 @@ int RunHealth(Context& ctx, const std::string& service) {
 absl::StatusOr<std::string> HttpGet(const std::string& address, const std::string& path,
                                     absl::Duration timeout) {
   const size_t colon = address.rfind(':');
-  if (colon == std::string::npos)
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) || port <= 0 ||
+      port > 65535) {
     return absl::InvalidArgumentError("metrics address must be HOST:PORT");
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
+  }
   std::string host = address.substr(0, colon);
-  if (host.size() > 1 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  if (getaddrinfo(host.c_str(), address.substr(colon + 1).c_str(), &hints, &res) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", address));
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  httplib::Client client(host, port);
+  const int64_t us = std::max<int64_t>(1, absl::ToInt64Microseconds(timeout));
+  client.set_connection_timeout(static_cast<time_t>(us / 1000000), static_cast<time_t>(us % 1000000));
+  client.set_read_timeout(static_cast<time_t>(us / 1000000), static_cast<time_t>(us % 1000000));
+  client.set_write_timeout(static_cast<time_t>(us / 1000000), static_cast<time_t>(us % 1000000));
+  httplib::Result res = client.Get(path.c_str());
+  if (!res) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to ", address, " (", httplib::to_string(res.error()), ")"));
   }
-  const int fd = ::socket(res->ai_family, res->ai_socktype, res->ai_protocol);
-  if (fd >= 0) {
-    timeval tv{};
-    const int64_t us = absl::ToInt64Microseconds(timeout);
-    tv.tv_sec = us / 1000000;
-    tv.tv_usec = us % 1000000;
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (res->status != 200) {
+    return absl::UnavailableError(absl::StrCat("bad reply from http://", address, path, ": HTTP ", res->status));
   }
-  const bool connected = fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0;
-  freeaddrinfo(res);
-  if (!connected) {
-    if (fd >= 0) ::close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot connect to ", address));
-  }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", address, "\r\n\r\n");
-  ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-  std::string reply;
-  char buf[8192];
-  ssize_t n;
-  while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) reply.append(buf, static_cast<size_t>(n));
-  ::close(fd);
-  const size_t body = reply.find("\r\n\r\n");
-  if (body == std::string::npos || reply.find(" 200 ") > reply.find("\r\n")) {
-    return absl::UnavailableError(absl::StrCat("bad reply from http://", address, path));
-  }
-  return reply.substr(body + 4);
+  return res->body;
 }
 
 // One Prometheus text-format sample line ("name{a=\"b\"} 1.5") as JSON; nullopt
