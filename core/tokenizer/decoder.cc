@@ -209,16 +209,12 @@ void RunDecodeChain(const std::vector<DecodeStep>& chain, std::vector<DecodeStep
   for (const std::string& t : tokens) *out += t;
 }
 
-absl::Status ParseDecoder(const JsonReader& r, const Json& j, std::vector<DecodeStep>* chain,
-                          bool* fused) {
-  LORASERVE_ASSIGN_OR_RETURN(const std::string type, r.String(j, "type", "decoder", {}));
-  const std::string where = absl::StrCat("decoder ", type);
-  if (type == "Sequence") {
-    const Json* list = JsonReader::Find(j, "decoders");
-    if (list == nullptr || !list->is_array()) return r.Error(where, "missing \"decoders\"");
-    for (const Json& d : *list) LORASERVE_RETURN_IF_ERROR(ParseDecoder(r, d, chain, fused));
-    return absl::OkStatus();
-  }
+namespace {
+
+// One decoder that is not a Sequence.
+absl::Status ParseDecoderStep(const JsonReader& r, const Json& j, const std::string& type,
+                              const std::string& where, std::vector<DecodeStep>* chain,
+                              bool* fused) {
   DecodeStep step;
   step.fused_input = *fused;
   using Kind = DecodeStep::Kind;
@@ -259,6 +255,14 @@ absl::Status ParseDecoder(const JsonReader& r, const Json& j, std::vector<Decode
   }
   chain->push_back(std::move(step));
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ParseDecoder(const JsonReader& r, const Json& j, std::vector<DecodeStep>* chain,
+                          bool* fused) {
+  return ParseStageOrSequence(r, j, "decoder", "decoders", /*null_ok=*/false, ParseDecoderStep,
+                              chain, fused);
 }
 
 }  // namespace loraserve::core::tokenizer_internal

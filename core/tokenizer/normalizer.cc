@@ -8,18 +8,11 @@
 #include "core/tokenizer/utf8.h"
 
 namespace loraserve::core::tokenizer_internal {
+namespace {
 
-absl::Status ParseNormalizer(const JsonReader& r, const Json& j,
-                             std::vector<NormalizerStep>* steps) {
-  if (j.is_null()) return absl::OkStatus();
-  LORASERVE_ASSIGN_OR_RETURN(const std::string type, r.String(j, "type", "normalizer", {}));
-  const std::string where = absl::StrCat("normalizer ", type);
-  if (type == "Sequence") {
-    const Json* list = JsonReader::Find(j, "normalizers");
-    if (list == nullptr || !list->is_array()) return r.Error(where, "missing \"normalizers\"");
-    for (const Json& n : *list) LORASERVE_RETURN_IF_ERROR(ParseNormalizer(r, n, steps));
-    return absl::OkStatus();
-  }
+// One normalizer that is not a Sequence.
+absl::Status ParseNormalizerStep(const JsonReader& r, const Json& j, const std::string& type,
+                                 const std::string& where, std::vector<NormalizerStep>* steps) {
   NormalizerStep step;
   if (type == "Prepend") {
     step.kind = NormalizerStep::Kind::kPrepend;
@@ -48,6 +41,8 @@ absl::Status ParseNormalizer(const JsonReader& r, const Json& j,
   steps->push_back(std::move(step));
   return absl::OkStatus();
 }
+
+}  // namespace
 
 void Normalize(const std::vector<NormalizerStep>& steps, std::string* s) {
   for (const NormalizerStep& step : steps) {
@@ -87,6 +82,12 @@ void Normalize(const std::vector<NormalizerStep>& steps, std::string* s) {
       }
     }
   }
+}
+
+absl::Status ParseNormalizer(const JsonReader& r, const Json& j,
+                             std::vector<NormalizerStep>* steps) {
+  return ParseStageOrSequence(r, j, "normalizer", "normalizers", /*null_ok=*/true,
+                              ParseNormalizerStep, steps);
 }
 
 }  // namespace loraserve::core::tokenizer_internal

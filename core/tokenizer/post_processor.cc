@@ -7,19 +7,11 @@
 #include "core/base/status_macros.h"
 
 namespace loraserve::core::tokenizer_internal {
+namespace {
 
-absl::Status ParsePostProcessor(const JsonReader& r, const Json& j, PostProcessor* pp) {
-  if (j.is_null()) return absl::OkStatus();
-  LORASERVE_ASSIGN_OR_RETURN(const std::string type, r.String(j, "type", "post_processor", {}));
-  const std::string where = absl::StrCat("post_processor ", type);
-  if (type == "Sequence") {
-    const Json* list = JsonReader::Find(j, "processors");
-    if (list == nullptr || !list->is_array()) return r.Error(where, "missing \"processors\"");
-    for (const Json& p : *list) {
-      LORASERVE_RETURN_IF_ERROR(ParsePostProcessor(r, p, pp));
-    }
-    return absl::OkStatus();
-  }
+// One post-processor that is not a Sequence.
+absl::Status ParsePostProcessorStep(const JsonReader& r, const Json& j, const std::string& type,
+                                    const std::string& where, PostProcessor* pp) {
   if (type == "ByteLevel") return absl::OkStatus();  // Only changes offsets.
   std::vector<int32_t> prefix, suffix;
   if (type == "TemplateProcessing") {
@@ -66,6 +58,13 @@ absl::Status ParsePostProcessor(const JsonReader& r, const Json& j, PostProcesso
   pp->prefix.insert(pp->prefix.begin(), prefix.begin(), prefix.end());
   pp->suffix.insert(pp->suffix.end(), suffix.begin(), suffix.end());
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ParsePostProcessor(const JsonReader& r, const Json& j, PostProcessor* pp) {
+  return ParseStageOrSequence(r, j, "post_processor", "processors", /*null_ok=*/true,
+                              ParsePostProcessorStep, pp);
 }
 
 }  // namespace loraserve::core::tokenizer_internal

@@ -34,19 +34,9 @@ void FindLiteral(std::string_view text, std::string_view literal,
   }
 }
 
-}  // namespace
-
-absl::Status ParsePreTokenizer(const JsonReader& r, const Json& j,
-                               std::vector<PreTokenizerStep>* steps) {
-  if (j.is_null()) return absl::OkStatus();
-  LORASERVE_ASSIGN_OR_RETURN(const std::string type, r.String(j, "type", "pre_tokenizer", {}));
-  const std::string where = absl::StrCat("pre_tokenizer ", type);
-  if (type == "Sequence") {
-    const Json* list = JsonReader::Find(j, "pretokenizers");
-    if (list == nullptr || !list->is_array()) return r.Error(where, "missing \"pretokenizers\"");
-    for (const Json& p : *list) LORASERVE_RETURN_IF_ERROR(ParsePreTokenizer(r, p, steps));
-    return absl::OkStatus();
-  }
+// One pre-tokenizer that is not a Sequence.
+absl::Status ParsePreTokenizerStep(const JsonReader& r, const Json& j, const std::string& type,
+                                   const std::string& where, std::vector<PreTokenizerStep>* steps) {
   PreTokenizerStep step;
   if (type == "ByteLevel") {
     step.kind = PreTokenizerStep::Kind::kByteLevel;
@@ -86,6 +76,14 @@ absl::Status ParsePreTokenizer(const JsonReader& r, const Json& j,
   }
   steps->push_back(std::move(step));
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ParsePreTokenizer(const JsonReader& r, const Json& j,
+                               std::vector<PreTokenizerStep>* steps) {
+  return ParseStageOrSequence(r, j, "pre_tokenizer", "pretokenizers", /*null_ok=*/true,
+                              ParsePreTokenizerStep, steps);
 }
 
 void SplitPiece(Piece&& piece, const std::vector<std::pair<size_t, size_t>>& matches,

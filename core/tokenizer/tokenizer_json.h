@@ -11,6 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
 #include "core/io/json_file.h"
 
 namespace loraserve::core::tokenizer_internal {
@@ -45,6 +47,34 @@ class JsonReader {
  private:
   std::string source_;
 };
+
+// Reads a stage object of tokenizer.json: its "type", and for a "Sequence" each element of the
+// array `list_key` in turn (recursively). Every element that is not a Sequence goes to
+// `parse_one(r, j, type, where, args...)`; `stage` ("normalizer", "decoder", ...) names the object
+// in errors and `where` is "<stage> <type>". With `null_ok`, a null object (or element) is
+// skipped. InvalidArgument when "type" or the Sequence's array is missing, or what `parse_one`
+// returns.
+template <typename... Args>
+absl::Status ParseStageOrSequence(const JsonReader& r, const Json& j, const char* stage,
+                                  const char* list_key, bool null_ok,
+                                  absl::Status (*parse_one)(const JsonReader& r, const Json& j,
+                                                            const std::string& type,
+                                                            const std::string& where, Args...),
+                                  Args... args) {
+  if (null_ok && j.is_null()) return absl::OkStatus();
+  LORASERVE_ASSIGN_OR_RETURN(const std::string type, r.String(j, "type", stage, {}));
+  const std::string where = absl::StrCat(stage, " ", type);
+  if (type != "Sequence") return parse_one(r, j, type, where, args...);
+  const Json* list = JsonReader::Find(j, list_key);
+  if (list == nullptr || !list->is_array()) {
+    return r.Error(where, absl::StrCat("missing \"", list_key, "\""));
+  }
+  for (const Json& element : *list) {
+    LORASERVE_RETURN_IF_ERROR(
+        ParseStageOrSequence(r, element, stage, list_key, null_ok, parse_one, args...));
+  }
+  return absl::OkStatus();
+}
 
 // One character of a JSON string field (Strip content, Metaspace replacement).
 absl::StatusOr<std::string> SingleChar(const JsonReader& r, const Json& obj, const char* key,
