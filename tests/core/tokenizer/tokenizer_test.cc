@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/io/file_util.h"
@@ -248,6 +249,21 @@ TEST(TokenizerTest, LoadErrors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("decoder type \"CTC\"")));
   EXPECT_THAT(Tokenizer::FromJson(Json::array(), "x.json"),
               StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(TokenizerTest, SequenceWithoutItsListIsAnError) {
+  const std::vector<std::pair<std::string, std::string>> stages = {
+      {"normalizer", "normalizers"},
+      {"pre_tokenizer", "pretokenizers"},
+      {"post_processor", "processors"},
+      {"decoder", "decoders"}};
+  for (const auto& [stage, list] : stages) {
+    Json j = TinyLlamaJson();
+    j[stage] = Json{{"type", "Sequence"}};
+    EXPECT_THAT(Tokenizer::FromJson(j, "x.json"),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("x.json: " + stage + " Sequence: missing \"" + list + "\"")));
+  }
 }
 
 }  // namespace
