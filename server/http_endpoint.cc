@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -134,7 +135,18 @@ HttpEndpoint::HttpEndpoint(const HttpOptions& options) : options_(options), impl
 
 HttpEndpoint::~HttpEndpoint() { Stop(); }
 
-void HttpEndpoint::Handle(const std::string& path, Handler handler) { handlers_[path] = std::move(handler); }
+void HttpEndpoint::Handle(const std::string& path, Handler handler) {
+  Route("GET", path, [handler = std::move(handler)](const Request&) { return handler(); });
+}
+
+void HttpEndpoint::Route(const std::string& method, const std::string& path, RequestHandler handler) {
+  routes_[path][method] = std::move(handler);
+}
+
+std::string HttpEndpoint::Request::header(const std::string& lower_case_name) const {
+  auto it = headers.find(lower_case_name);
+  return it == headers.end() ? std::string() : it->second;
+}
 
 absl::Status HttpEndpoint::Start(const std::string& listen) {
   {
@@ -173,18 +185,44 @@ absl::Status HttpEndpoint::Start(const std::string& listen) {
   s.set_write_timeout(Seconds(options_.timeout), Micros(options_.timeout));
   s.set_keep_alive_timeout(std::max<time_t>(1, Seconds(options_.timeout)));
   s.set_keep_alive_max_count(static_cast<size_t>(options_.keep_alive_max_requests));
-  for (const auto& [path, handler] : handlers_) {
-    s.Get(path, [handler = handler](const httplib::Request&, httplib::Response& res) {
-      Response r = handler();
-      res.status = r.status;
-      res.set_content(r.body, r.content_type.c_str());
-    });
-    auto not_allowed = [](const httplib::Request& req, httplib::Response& res) {
-      res.status = 405;
-      res.set_header("Allow", "GET, HEAD");
-      res.set_content(absl::StrCat(req.method, " not allowed: only GET and HEAD\n"), "text/plain; charset=utf-8");
+  for (const auto& [path, methods] : routes_) {
+    std::string allow;
+    for (const auto& [method, unused] : methods) absl::StrAppend(&allow, allow.empty() ? "" : ", ", method);
+    if (methods.count("GET") != 0) absl::StrAppend(&allow, ", HEAD");
+    auto serve = [](const RequestHandler& handler, const httplib::Request& req, httplib::Response& res) {
+      Request r{req.method, req.path, req.body, {}};
+      for (const auto& [name, value] : req.headers) r.headers[absl::AsciiStrToLower(name)] = value;
+      Response out = handler(r);
+      res.status = out.status;
+      for (const auto& [name, value] : out.headers) res.set_header(name.c_str(), value);
+      if (!out.stream) {
+        res.set_content(out.body, out.content_type.c_str());
+        return;
+      }
+      res.set_chunked_content_provider(
+          out.content_type, [stream = std::move(out.stream)](size_t, httplib::DataSink& sink) {
+            stream([&sink](const std::string& piece) {
+              return sink.is_writable() && sink.write(piece.data(), piece.size());
+            });
+            sink.done();
+            return true;
+          });
     };
-    s.Post(path, not_allowed);
+    for (const auto& [method, handler] : methods) {
+      auto h = [serve, handler = handler](const httplib::Request& req, httplib::Response& res) { serve(handler, req, res); };
+      if (method == "GET") {
+        s.Get(path, h);
+      } else if (method == "POST") {
+        s.Post(path, h);
+      }
+    }
+    auto not_allowed = [allow](const httplib::Request& req, httplib::Response& res) {
+      res.status = 405;
+      res.set_header("Allow", allow);
+      res.set_content(absl::StrCat(req.method, " not allowed: only ", allow, "\n"), "text/plain; charset=utf-8");
+    };
+    if (methods.count("GET") == 0) s.Get(path, not_allowed);
+    if (methods.count("POST") == 0) s.Post(path, not_allowed);
     s.Put(path, not_allowed);
     s.Delete(path, not_allowed);
     s.Patch(path, not_allowed);

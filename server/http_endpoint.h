@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -25,7 +26,7 @@
 namespace loraserve::server {
 
 struct HttpOptions {
-  int threads = 4;                        // requests served at once
+  int threads = 16;                       // requests served at once (an OpenAI request holds one)
   int max_queue = 64;                     // accepted connections waiting for a thread
   int64_t max_request_bytes = 64 << 10;   // larger bodies get 413 (headers: 8 KiB per line)
   absl::Duration timeout = absl::Seconds(5);  // per read / write; an idle client is cut off
@@ -34,12 +35,35 @@ struct HttpOptions {
 
 class HttpEndpoint {
  public:
+  struct Request {
+    std::string method;
+    std::string path;
+    std::string body;
+    std::map<std::string, std::string> headers;  // names lower-cased
+    // The header's value ("" when absent).
+    std::string header(const std::string& lower_case_name) const;
+  };
+  // Writes one piece of a streamed body; false once the client has gone (stop then).
+  using Writer = std::function<bool(const std::string& piece)>;
   struct Response {
     int status = 200;
     std::string content_type = "text/plain; charset=utf-8";
     std::string body;
+    std::map<std::string, std::string> headers;
+    // When set, the body is streamed (chunked) instead: called once on the serving thread after
+    // the headers went out; it writes pieces until done or until a write fails.
+    std::function<void(const Writer& write)> stream;
   };
+  static Response Reply(int status, std::string body,
+                        std::string content_type = "text/plain; charset=utf-8") {
+    Response r;
+    r.status = status;
+    r.body = std::move(body);
+    r.content_type = std::move(content_type);
+    return r;
+  }
   using Handler = std::function<Response()>;
+  using RequestHandler = std::function<Response(const Request&)>;
 
   explicit HttpEndpoint(const HttpOptions& options = HttpOptions());
   ~HttpEndpoint();
@@ -49,6 +73,9 @@ class HttpEndpoint {
   // Serves GET (and HEAD) `path` with `handler`; other methods on it get 405, unknown paths 404.
   // Before Start() only.
   void Handle(const std::string& path, Handler handler);
+  // Serves `method` ("GET" or "POST") `path` with `handler`; other methods on the path get 405.
+  // Before Start() only.
+  void Route(const std::string& method, const std::string& path, RequestHandler handler);
   // Binds "host:port" (port 0 = any free port) and starts serving. InvalidArgument if the address
   // is malformed or cannot be bound, or an option is out of range; FailedPrecondition if started.
   absl::Status Start(const std::string& listen);
@@ -60,7 +87,7 @@ class HttpEndpoint {
  private:
   struct Impl;
   const HttpOptions options_;
-  std::map<std::string, Handler> handlers_;
+  std::map<std::string, std::map<std::string, RequestHandler>> routes_;  // path -> method -> handler
   std::unique_ptr<Impl> impl_;
   int port_ = 0;
 };

@@ -38,7 +38,9 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
           "host:port for the plain-HTTP port: /metrics (Prometheus), /healthz (liveness), /readyz "
           "(200 once the model is loaded and while not draining, else 503) (port 0 = any free "
           "port; empty = none)");
-ABSL_FLAG(int, http_threads, 4, "threads serving the HTTP port (requests served at once)");
+ABSL_FLAG(int, http_threads, 16,
+          "threads serving the HTTP port: requests served at once (each OpenAI API request holds "
+          "one until it finishes)");
 ABSL_FLAG(int, http_max_queue, 64,
           "accepted HTTP connections waiting for a thread; beyond it new connections wait in the "
           "kernel's listen backlog");

@@ -15,6 +15,7 @@
 #include "server/auth.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
+#include "server/openai_api.h"
 #include "server/service_env.h"
 #include "server/tls.h"
 #include "server/work_pool.h"
@@ -88,16 +89,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     s->http_ = std::make_unique<HttpEndpoint>(options.http);
     Metrics* metrics = s->metrics_.get();
     s->http_->Handle("/metrics", [metrics] {
-      return HttpEndpoint::Response{200, "text/plain; version=0.0.4; charset=utf-8", metrics->Render()};
+      return HttpEndpoint::Reply(200, metrics->Render(), "text/plain; version=0.0.4; charset=utf-8");
     });
-    s->http_->Handle("/healthz", [] { return HttpEndpoint::Response{200, "text/plain; charset=utf-8", "ok\n"}; });
+    s->http_->Handle("/healthz", [] { return HttpEndpoint::Reply(200, "ok\n"); });
     Server* self = s.get();
     s->http_->Handle("/readyz", [self] {
-      if (self->serving_) return HttpEndpoint::Response{200, "text/plain; charset=utf-8", "ready\n"};
-      return HttpEndpoint::Response{503, "text/plain; charset=utf-8",
-                                    self->env_->engine.draining() ? "not ready: draining\n"
-                                                                   : "not ready: loading the model\n"};
+      if (self->serving_) return HttpEndpoint::Reply(200, "ready\n");
+      return HttpEndpoint::Reply(
+          503, self->env_->engine.draining() ? "not ready: draining\n" : "not ready: loading the model\n");
     });
+    s->openai_ = std::make_unique<OpenAiApi>(s->env_.get());
+    s->openai_->Register(s->http_.get());
     absl::Status m = s->http_->Start(options.metrics_listen);
     if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("metrics endpoint: ", m.message()));
   }

@@ -37,6 +37,7 @@ class Metrics;
 class WorkPool;
 class AdapterService;
 class InferenceService;
+class OpenAiApi;
 
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (see Server::port()).
@@ -103,6 +104,7 @@ class Server {
  private:
   Server();
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<OpenAiApi> openai_;
   std::unique_ptr<HttpEndpoint> http_;  // stopped first in ~Server: its handlers read the rest
   std::atomic<bool> serving_{false};
   std::unique_ptr<WorkPool> pool_;

@@ -31,7 +31,7 @@ using ::loraserve::testing::HttpRequest;
 using ::loraserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
-HttpEndpoint::Response Text(std::string body) { return {200, "text/plain", std::move(body)}; }
+HttpEndpoint::Response Text(std::string body) { return HttpEndpoint::Reply(200, std::move(body), "text/plain"); }
 
 // A raw TCP connection to 127.0.0.1:`port` (-1 on failure).
 int Connect(int port) {
@@ -82,7 +82,7 @@ TEST(HttpEndpointTest, ServesHandlersAnd404) {
 
 TEST(HttpEndpointTest, HandlerStatusAndContentTypeGoOut) {
   HttpEndpoint http;
-  http.Handle("/readyz", [] { return HttpEndpoint::Response{503, "text/plain; charset=utf-8", "not ready\n"}; });
+  http.Handle("/readyz", [] { return HttpEndpoint::Reply(503, "not ready\n"); });
   ASSERT_OK(http.Start("localhost:0"));
   ASSERT_OK_AND_ASSIGN(auto r, HttpRequest(http.port(), "GET", "/readyz"));
   EXPECT_EQ(r.status, 503);
@@ -206,6 +206,62 @@ TEST(HttpEndpointTest, StopWaitsForTheRequestInFlight) {
   ASSERT_OK(r.status());
   EXPECT_EQ(*r, "late\n");
   EXPECT_LT(Connect(http.port()), 0);
+}
+
+TEST(HttpEndpointTest, PostRoutesSeeTheRequest) {
+  HttpEndpoint http;
+  http.Route("POST", "/echo", [](const HttpEndpoint::Request& r) {
+    return HttpEndpoint::Reply(201, absl::StrCat(r.method, " ", r.path, " ", r.body, " ", r.header("x-test")));
+  });
+  ASSERT_OK(http.Start("127.0.0.1:0"));
+  ASSERT_OK_AND_ASSIGN(auto r, HttpRequest(http.port(), "POST", "/echo", "hello"));
+  EXPECT_EQ(r.status, 201);
+  EXPECT_EQ(r.body, "POST /echo hello ");
+  ASSERT_OK_AND_ASSIGN(auto get, HttpRequest(http.port(), "GET", "/echo"));
+  EXPECT_EQ(get.status, 405);
+  EXPECT_EQ(get.headers["Allow"], "POST");
+}
+
+// A streamed body goes out piece by piece; when the client goes away, a write fails and the
+// handler stops.
+TEST(HttpEndpointTest, StreamsAndNoticesAClientThatLeft) {
+  HttpEndpoint http;
+  std::atomic<bool> write_failed{false};
+  std::atomic<int> written{0};
+  http.Handle("/stream", [&] {
+    HttpEndpoint::Response r = HttpEndpoint::Reply(200, "", "text/event-stream");
+    r.stream = [&](const HttpEndpoint::Writer& write) {
+      for (int i = 0; i < 100000; ++i) {
+        if (!write(absl::StrCat("data: ", i, "\n\n"))) {
+          write_failed = true;
+          return;
+        }
+        ++written;
+        absl::SleepFor(absl::Milliseconds(1));
+      }
+    };
+    return r;
+  });
+  ASSERT_OK(http.Start("127.0.0.1:0"));
+  // A finite stream read whole (small: the handler is stopped by the client closing below).
+  const int fd = Connect(http.port());
+  ASSERT_GE(fd, 0);
+  const std::string req = "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  std::string got;
+  char buf[4096];
+  while (got.find("data: 3\n") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0);
+    got.append(buf, static_cast<size_t>(n));
+  }
+  EXPECT_NE(got.find("Transfer-Encoding: chunked"), std::string::npos);
+  EXPECT_NE(got.find("data: 0\n"), std::string::npos);
+  ::close(fd);
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (!write_failed && absl::Now() < end) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(write_failed);
+  EXPECT_LT(written.load(), 100000);
 }
 
 TEST(HttpEndpointTest, StopWithoutStartAndRightAfterStart) {

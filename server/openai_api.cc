@@ -1,0 +1,448 @@
+#include "server/openai_api.h"
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "core/engine/engine.h"
+#include "nlohmann/json.hpp"
+#include "server/proto_convert.h"
+#include "server/service_env.h"
+
+namespace loraserve::server {
+namespace {
+
+using Json = nlohmann::json;
+using Request = HttpEndpoint::Request;
+using Response = HttpEndpoint::Response;
+
+constexpr int kMaxLogprobs = 5;  // OpenAI's limit for /v1/completions
+
+// A 4xx/5xx in OpenAI's error shape.
+Response Error(int status, const std::string& message, const std::string& param = "",
+               const std::string& code = "") {
+  const char* type = status == 401   ? "authentication_error"
+                     : status == 403 ? "permission_error"
+                     : status == 404 ? "not_found_error"
+                     : status == 429 ? "rate_limit_error"
+                     : status >= 500 ? "server_error"
+                                     : "invalid_request_error";
+  Json error = {{"message", message},
+                {"type", type},
+                {"param", param.empty() ? Json(nullptr) : Json(param)},
+                {"code", code.empty() ? Json(nullptr) : Json(code)}};
+  return HttpEndpoint::Reply(status, Json{{"error", error}}.dump() + "\n", "application/json");
+}
+
+int HttpStatusOf(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition: return 400;
+    case absl::StatusCode::kUnauthenticated: return 401;
+    case absl::StatusCode::kPermissionDenied: return 403;
+    case absl::StatusCode::kNotFound: return 404;
+    case absl::StatusCode::kAlreadyExists: return 409;
+    case absl::StatusCode::kResourceExhausted: return 429;
+    case absl::StatusCode::kCancelled: return 499;
+    case absl::StatusCode::kUnavailable: return 503;
+    case absl::StatusCode::kDeadlineExceeded: return 504;
+    default: return 500;
+  }
+}
+
+Response ErrorOf(const absl::Status& s, const std::string& param = "") {
+  return Error(HttpStatusOf(s.code()), std::string(s.message()), param);
+}
+
+const char* FinishReasonOf(core::FinishReason r) {
+  return r == core::FinishReason::kLength ? "length" : "stop";
+}
+
+std::string NewCompletionId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return absl::StrFormat("cmpl-%016x%08x", rng(), static_cast<uint32_t>(rng()));
+}
+
+// What a /v1/completions body asks for.
+struct Completion {
+  std::string model;
+  std::string adapter;  // "" = the base model
+  std::vector<int32_t> prompt_ids;
+  std::string prompt_text;  // for echo
+  bool echo = false;
+  bool stream = false;
+  bool include_usage = false;
+  int logprobs = -1;  // -1: none
+  core::SamplingOptions sampling;
+};
+
+// Parses and checks `body`; `param` names the offending field on error (InvalidArgument; NotFound
+// for an unknown model).
+absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engine, std::string* param) {
+  if (!body.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");
+  static const char* const kKnown[] = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop",
+                                       "seed", "stream", "stream_options", "logprobs", "echo", "n",
+                                       "best_of", "presence_penalty", "frequency_penalty", "logit_bias",
+                                       "suffix", "user"};
+  for (const auto& [key, value] : body.items()) {
+    if (std::find(std::begin(kKnown), std::end(kKnown), key) == std::end(kKnown)) {
+      *param = key;
+      return absl::InvalidArgumentError(absl::StrCat("Unrecognized request argument supplied: ", key));
+    }
+  }
+  auto bad = [param](const char* field, const std::string& message) {
+    *param = field;
+    return absl::InvalidArgumentError(message);
+  };
+  auto present = [&body](const char* field) { return body.contains(field) && !body[field].is_null(); };
+  Completion c;
+  if (!body.contains("model") || !body["model"].is_string() || body["model"].get<std::string>().empty()) {
+    return bad("model", "'model' is required: a non-empty string (the base model or an adapter)");
+  }
+  c.model = body["model"].get<std::string>();
+  if (c.model != engine.model_name()) {
+    absl::Status valid = ValidateAdapterName(c.model, "model", /*allow_empty=*/false);
+    if (!valid.ok()) return bad("model", std::string(valid.message()));
+    if (!engine.GetAdapter(c.model).ok()) {
+      *param = "model";
+      return absl::NotFoundError(absl::StrCat("The model '", c.model, "' does not exist"));
+    }
+    c.adapter = c.model;
+  }
+  if (!body.contains("prompt")) return bad("prompt", "'prompt' is required");
+  const Json& prompt = body["prompt"];
+  if (prompt.is_array() && prompt.size() == 1 && prompt[0].is_string()) {
+    c.prompt_text = prompt[0].get<std::string>();
+  } else if (prompt.is_string()) {
+    c.prompt_text = prompt.get<std::string>();
+  } else if (prompt.is_array() && !prompt.empty() && prompt[0].is_number_integer()) {
+    for (const Json& id : prompt) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= engine.vocab_size()) {
+        return bad("prompt", absl::StrCat("token ids must be integers in [0, ", engine.vocab_size(), ")"));
+      }
+      c.prompt_ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
+    }
+    c.prompt_text = engine.Detokenize(c.prompt_ids, /*skip_special_tokens=*/true);
+  } else {
+    return bad("prompt", "'prompt' must be a string, a list with one string, or a list of token ids "
+                         "(several prompts in one request are not supported)");
+  }
+  if (c.prompt_ids.empty()) {
+    if (c.prompt_text.empty()) return bad("prompt", "'prompt' is empty");
+    c.prompt_ids = engine.Tokenize(c.prompt_text, /*add_special_tokens=*/true, /*parse_special=*/false);
+  }
+  c.sampling.max_new_tokens = 16;  // OpenAI's default
+  if (present("max_tokens")) {
+    if (!body["max_tokens"].is_number_integer() || body["max_tokens"].get<int64_t>() < 1 ||
+        body["max_tokens"].get<int64_t>() > engine.max_context()) {
+      return bad("max_tokens", absl::StrCat("'max_tokens' must be an integer in [1, ", engine.max_context(), "]"));
+    }
+    c.sampling.max_new_tokens = static_cast<int32_t>(body["max_tokens"].get<int64_t>());
+  }
+  if (present("temperature")) {
+    if (!body["temperature"].is_number() || body["temperature"].get<double>() < 0 ||
+        body["temperature"].get<double>() > 2) {
+      return bad("temperature", "'temperature' must be a number in [0, 2]");
+    }
+    c.sampling.temperature = body["temperature"].get<double>();
+  }
+  if (present("top_p")) {
+    if (!body["top_p"].is_number() || !(body["top_p"].get<double>() > 0) || body["top_p"].get<double>() > 1) {
+      return bad("top_p", "'top_p' must be a number in (0, 1]");
+    }
+    c.sampling.top_p = body["top_p"].get<double>();
+  }
+  if (present("stop")) {
+    const Json& stop = body["stop"];
+    if (stop.is_string()) {
+      c.sampling.stop.push_back(stop.get<std::string>());
+    } else if (stop.is_array() && stop.size() <= 4) {
+      for (const Json& s : stop) {
+        if (!s.is_string()) return bad("stop", "'stop' must be a string or a list of up to 4 strings");
+        c.sampling.stop.push_back(s.get<std::string>());
+      }
+    } else {
+      return bad("stop", "'stop' must be a string or a list of up to 4 strings");
+    }
+  }
+  if (present("seed")) {
+    if (!body["seed"].is_number_integer()) return bad("seed", "'seed' must be an integer");
+    c.sampling.seed = body["seed"].is_number_unsigned() ? body["seed"].get<uint64_t>()
+                                                        : static_cast<uint64_t>(body["seed"].get<int64_t>());
+  }
+  if (present("stream")) {
+    if (!body["stream"].is_boolean()) return bad("stream", "'stream' must be a boolean");
+    c.stream = body["stream"].get<bool>();
+  }
+  if (present("stream_options")) {
+    const Json& o = body["stream_options"];
+    if (!o.is_object() || (o.contains("include_usage") && !o["include_usage"].is_boolean())) {
+      return bad("stream_options", "'stream_options' must be an object with a boolean 'include_usage'");
+    }
+    if (!c.stream) return bad("stream_options", "'stream_options' is only allowed with 'stream': true");
+    c.include_usage = o.value("include_usage", false);
+  }
+  if (present("echo")) {
+    if (!body["echo"].is_boolean()) return bad("echo", "'echo' must be a boolean");
+    c.echo = body["echo"].get<bool>();
+  }
+  if (present("logprobs")) {
+    if (!body["logprobs"].is_number_integer() || body["logprobs"].get<int64_t>() < 0 ||
+        body["logprobs"].get<int64_t>() > kMaxLogprobs) {
+      return bad("logprobs", absl::StrCat("'logprobs' must be an integer in [0, ", kMaxLogprobs, "]"));
+    }
+    c.logprobs = static_cast<int>(body["logprobs"].get<int64_t>());
+    c.sampling.logprobs = true;
+    c.sampling.top_logprobs = c.logprobs;
+  }
+  auto must_be = [&](const char* field, double value) -> absl::Status {
+    if (!present(field)) return absl::OkStatus();
+    if (!body[field].is_number() || body[field].get<double>() != value) {
+      return bad(field, absl::StrCat("'", field, "' other than ", value, " is not supported"));
+    }
+    return absl::OkStatus();
+  };
+  for (auto [field, value] : {std::pair<const char*, double>{"n", 1}, {"best_of", 1}, {"presence_penalty", 0},
+                              {"frequency_penalty", 0}}) {
+    if (absl::Status s = must_be(field, value); !s.ok()) return s;
+  }
+  if (present("logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty())) {
+    return bad("logit_bias", "'logit_bias' is not supported");
+  }
+  if (present("suffix") && !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty())) {
+    return bad("suffix", "'suffix' is not supported");
+  }
+  if (present("user") && !body["user"].is_string()) return bad("user", "'user' must be a string");
+  if (absl::Status s = core::ValidateSamplingOptions(c.sampling); !s.ok()) return bad("", std::string(s.message()));
+  return c;
+}
+
+// One request's events, filled by the engine thread and read by the HTTP thread.
+struct Pending {
+  absl::Mutex mu;
+  std::deque<core::TokenEvent> events ABSL_GUARDED_BY(mu);
+  bool done ABSL_GUARDED_BY(mu) = false;
+  absl::StatusOr<core::GenerationResult> result ABSL_GUARDED_BY(mu) = absl::UnknownError("not finished");
+  core::RequestStats stats ABSL_GUARDED_BY(mu);
+};
+
+// OpenAI's legacy logprobs object for `events`, whose texts start at `offset` in the choice text;
+// the alternatives are keyed by their token's text.
+Json LogprobsOf(const std::vector<core::TokenEvent>& events, size_t offset, const core::Engine& engine) {
+  Json tokens = Json::array(), token_logprobs = Json::array(), top = Json::array(), offsets = Json::array();
+  for (const core::TokenEvent& e : events) {
+    tokens.push_back(e.text);
+    token_logprobs.push_back(e.logprob);
+    Json alternatives = Json::object();
+    for (const core::TokenLogprob& t : e.top_logprobs) {
+      alternatives[engine.Detokenize({t.id}, /*skip_special_tokens=*/false)] = t.logprob;
+    }
+    top.push_back(alternatives);
+    offsets.push_back(offset);
+    offset += e.text.size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
+Json UsageOf(const core::RequestStats& stats) {
+  return {{"prompt_tokens", stats.prompt_tokens},
+          {"completion_tokens", stats.completion_tokens},
+          {"total_tokens", stats.prompt_tokens + stats.completion_tokens}};
+}
+
+// The bearer token check of the gRPC services, on the Authorization header.
+absl::Status Authenticate(const ServiceEnv& env, const Request& request) {
+  if (env.auth == nullptr) return absl::OkStatus();
+  const std::string header = request.header("authorization");
+  return env.auth->Check(header.empty() ? std::nullopt : std::optional<absl::string_view>(header));
+}
+
+std::string Sse(const Json& j) { return absl::StrCat("data: ", j.dump(), "\n\n"); }
+
+}  // namespace
+
+void OpenAiApi::Register(HttpEndpoint* http) {
+  http->Route("GET", "/v1/models", [this](const Request& r) { return Models(r); });
+  http->Route("POST", "/v1/completions", [this](const Request& r) { return Completions(r); });
+}
+
+HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
+  const absl::Time start = absl::Now();
+  auto finish = [&](Response r) {
+    env_->metrics->RecordRpc("OpenAI.Models", r.status == 200 ? absl::StatusCode::kOk : absl::StatusCode::kUnknown,
+                             absl::Now() - start);
+    return r;
+  };
+  if (absl::Status s = Authenticate(*env_, request); !s.ok()) return finish(ErrorOf(s));
+  auto engine = env_->engine.ForNewCall();
+  if (!engine.ok()) return finish(ErrorOf(engine.status()));
+  const int64_t created = absl::ToUnixSeconds(absl::Now());
+  Json data = Json::array();
+  data.push_back({{"id", (*engine)->model_name()}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
+                  {"root", (*engine)->model_name()}, {"parent", nullptr}, {"max_model_len", (*engine)->max_context()}});
+  for (const core::AdapterInfo& a : (*engine)->ListAdapters()) {
+    data.push_back({{"id", a.name}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
+                    {"root", a.name}, {"parent", (*engine)->model_name()}});
+  }
+  return finish(HttpEndpoint::Reply(200, Json{{"object", "list"}, {"data", data}}.dump() + "\n", "application/json"));
+}
+
+HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
+  const absl::Time start = absl::Now();
+  std::string request_id = request.header(kRequestIdKey);
+  if (request_id.empty() || request_id.size() > 128) request_id = NewCompletionId();
+  auto finish = [this, start, request_id](Response r, absl::StatusCode code, const std::string& model) {
+    env_->metrics->RecordRpc("OpenAI.Completions", code, absl::Now() - start);
+    env_->logger.Log(absl::StrCat("event=http_request path=/v1/completions status=", r.status,
+                                  " request_id=", LogValue(request_id), " model=", LogValue(model),
+                                  " ms=", absl::ToInt64Milliseconds(absl::Now() - start)));
+    r.headers[kRequestIdKey] = request_id;
+    return r;
+  };
+  auto fail = [&](const absl::Status& s, const std::string& param = "", const std::string& model = "") {
+    Response r = ErrorOf(s, param);
+    if (s.code() == absl::StatusCode::kNotFound && param == "model") {
+      r = Error(404, std::string(s.message()), "model", "model_not_found");
+    }
+    if (s.code() == absl::StatusCode::kResourceExhausted) {
+      r.headers[kRetryAfterKey] = std::to_string(absl::ToInt64Milliseconds(env_->metrics->RetryAfterHint()));
+    }
+    return finish(std::move(r), s.code(), model);
+  };
+  if (absl::Status s = Authenticate(*env_, request); !s.ok()) return fail(s);
+  auto engine_or = env_->engine.ForNewCall();
+  if (!engine_or.ok()) return fail(engine_or.status());
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  Json body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return fail(absl::InvalidArgumentError("the request body is not valid JSON"));
+  std::string param;
+  absl::StatusOr<Completion> parsed = ParseCompletion(body, *engine, &param);
+  if (!parsed.ok()) return fail(parsed.status(), param);
+  Completion c = *std::move(parsed);
+
+  auto pending = std::make_shared<Pending>();
+  core::GenerateRequest req;
+  req.request_id = request_id;
+  req.adapter = c.adapter;
+  req.prompt_ids = c.prompt_ids;
+  req.sampling = c.sampling;
+  core::GenerateCallbacks callbacks;
+  callbacks.on_token = [pending](const core::TokenEvent& e) {
+    absl::MutexLock lock(&pending->mu);
+    pending->events.push_back(e);
+  };
+  ServiceEnv* env = env_;
+  const std::string adapter = c.adapter;
+  callbacks.on_done = [pending, env, adapter](absl::StatusOr<core::GenerationResult> r, const core::RequestStats& stats) {
+    env->metrics->RecordGeneration(adapter, stats);
+    absl::MutexLock lock(&pending->mu);
+    pending->result = std::move(r);
+    pending->stats = stats;
+    pending->done = true;
+  };
+  auto handle = engine->SubmitGenerate(std::move(req), std::move(callbacks));
+  if (!handle.ok()) return fail(handle.status(), "", c.model);
+
+  const int64_t created = absl::ToUnixSeconds(absl::Now());
+  auto choice = [](std::string text, Json logprobs, Json finish_reason) {
+    return Json{{"text", std::move(text)}, {"index", 0}, {"logprobs", std::move(logprobs)},
+                {"finish_reason", std::move(finish_reason)}};
+  };
+  auto envelope = [&](Json choices) {
+    return Json{{"id", request_id}, {"object", "text_completion"}, {"created", created},
+                {"model", c.model}, {"choices", std::move(choices)}};
+  };
+  auto has_event_or_done = [pending]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pending->mu) {
+    return pending->done || !pending->events.empty();
+  };
+
+  if (!c.stream) {
+    std::vector<core::TokenEvent> events;
+    absl::StatusOr<core::GenerationResult> result = absl::UnknownError("");
+    core::RequestStats stats;
+    {
+      absl::MutexLock lock(&pending->mu);
+      pending->mu.Await(absl::Condition(+[](bool* done) { return *done; }, &pending->done));
+      events.assign(pending->events.begin(), pending->events.end());
+      result = pending->result;
+      stats = pending->stats;
+    }
+    if (!result.ok()) return fail(result.status(), "", c.model);
+    const std::string prefix = c.echo ? c.prompt_text : "";
+    Json logprobs = c.logprobs >= 0 ? LogprobsOf(events, prefix.size(), *engine) : Json(nullptr);
+    Json out = envelope(Json::array({choice(prefix + result->text, logprobs, FinishReasonOf(result->finish_reason))}));
+    out["usage"] = UsageOf(stats);
+    return finish(HttpEndpoint::Reply(200, out.dump() + "\n", "application/json"), absl::StatusCode::kOk, c.model);
+  }
+
+  Response r;
+  r.content_type = "text/event-stream";
+  r.headers["Cache-Control"] = "no-cache";
+  std::shared_ptr<core::RequestHandle> h = *handle;
+  r.stream = [pending, h, engine, c, choice, envelope, has_event_or_done](const HttpEndpoint::Writer& write) {
+    bool open = true;
+    size_t offset = 0;
+    if (c.echo && !c.prompt_text.empty()) {
+      open = write(Sse(envelope(Json::array({choice(c.prompt_text, c.logprobs >= 0 ? LogprobsOf({}, 0, *engine) : Json(nullptr),
+                                                         nullptr)}))));
+      offset = c.prompt_text.size();
+    }
+    while (open) {
+      std::vector<core::TokenEvent> batch;
+      bool done;
+      {
+        absl::MutexLock lock(&pending->mu);
+        pending->mu.Await(absl::Condition(&has_event_or_done));
+        batch.assign(pending->events.begin(), pending->events.end());
+        pending->events.clear();
+        done = pending->done;
+      }
+      for (const core::TokenEvent& e : batch) {
+        if (e.text.empty() && c.logprobs < 0) continue;
+        Json logprobs = c.logprobs >= 0 ? LogprobsOf({e}, offset, *engine) : Json(nullptr);
+        offset += e.text.size();
+        if (!(open = write(Sse(envelope(Json::array({choice(e.text, logprobs, nullptr)})))))) break;
+      }
+      if (!open || done) break;
+    }
+    if (!open) {
+      h->Cancel();  // the client has gone
+      return;
+    }
+    absl::StatusOr<core::GenerationResult> result = absl::UnknownError("");
+    core::RequestStats stats;
+    {
+      absl::MutexLock lock(&pending->mu);
+      result = pending->result;
+      stats = pending->stats;
+    }
+    if (result.ok()) {
+      Json last = envelope(Json::array({choice("", nullptr, FinishReasonOf(result->finish_reason))}));
+      if (!write(Sse(last))) return;
+      if (c.include_usage) {
+        Json usage = envelope(Json::array());
+        usage["usage"] = UsageOf(stats);
+        if (!write(Sse(usage))) return;
+      }
+    } else {
+      Response e = ErrorOf(result.status());
+      if (!write(absl::StrCat("data: ", e.body, "\n"))) return;
+    }
+    write("data: [DONE]\n\n");
+  };
+  return finish(std::move(r), absl::StatusCode::kOk, c.model);
+}
+
+}  // namespace loraserve::server

@@ -1,0 +1,40 @@
+// The OpenAI-compatible HTTP API on the server's HTTP port, over the same engine, bearer tokens,
+// queues and metrics as the gRPC services:
+//   GET  /v1/models        the base model and every loaded adapter (`model` selects the adapter,
+//                          as in vLLM and LoRAX; the base model answers to its name)
+//   POST /v1/completions   prompt as text or token ids; max_tokens, temperature, top_p, stop,
+//                          seed, logprobs (0..5), echo, n = 1, stream (server-sent events ending
+//                          in `data: [DONE]`), usage
+// Errors come in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the HTTP
+// status of the failure: 400 bad input (malformed JSON, wrong types, unknown or unsupported
+// fields), 401 missing or unknown token, 404 unknown model, 429 queue full (with retry-after-ms),
+// 503 starting or draining, 500 otherwise. A streaming client that disconnects cancels its
+// request at the next engine step.
+//
+// Each request holds one HTTP thread until it finishes (--http_threads bounds how many OpenAI
+// requests run at once). Thread-safe.
+#ifndef LORASERVE_SERVER_OPENAI_API_H_
+#define LORASERVE_SERVER_OPENAI_API_H_
+
+#include "server/http_endpoint.h"
+
+namespace loraserve::server {
+
+struct ServiceEnv;
+
+class OpenAiApi {
+ public:
+  explicit OpenAiApi(ServiceEnv* env) : env_(env) {}
+  // Adds the /v1 routes to `http` (before it starts).
+  void Register(HttpEndpoint* http);
+
+ private:
+  HttpEndpoint::Response Models(const HttpEndpoint::Request& request);
+  HttpEndpoint::Response Completions(const HttpEndpoint::Request& request);
+
+  ServiceEnv* const env_;
+};
+
+}  // namespace loraserve::server
+
+#endif  // LORASERVE_SERVER_OPENAI_API_H_

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""The OpenAI-compatible HTTP API of the real `loraserve`, driven by the real `openai` package and
+by plain HTTP (urllib, as curl would): /v1/models, /v1/completions plain and streaming, adapters
+as models, errors in OpenAI's shape (400, 401, 404, 405), bearer tokens.
+
+Runs on the built-in demo model and adapters the build writes (no ../shared needed).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
+from loraserve_process import LoraserveProcess  # noqa: E402
+
+import openai  # noqa: E402
+
+FAILURES = []
+
+
+def check(cond, what):
+    if not cond:
+        FAILURES.append(what)
+        print("FAIL:", what, flush=True)
+
+
+def expect_error(fn, exc_type, status, what):
+    try:
+        fn()
+    except exc_type as e:
+        check(getattr(e, "status_code", None) == status, f"{what}: status {getattr(e, 'status_code', None)} != {status}")
+        body = getattr(e, "body", None)
+        check(isinstance(body, dict) and "message" in body and "type" in body, f"{what}: error body {body!r}")
+        return e
+    except Exception as e:  # noqa: BLE001
+        check(False, f"{what}: raised {type(e).__name__}: {e}")
+        return None
+    check(False, f"{what}: no error")
+    return None
+
+
+def http(port, method, path, body=None, headers=None):
+    """(status, headers, body bytes) of a plain HTTP request."""
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_models_and_completions(client, port, base, adapter):
+    models = [m.id for m in client.models.list().data]
+    check(models[:1] == [base] and adapter in models, f"models {models}")
+
+    greedy = dict(prompt="Once upon a time", max_tokens=8, temperature=0)
+    a = client.completions.create(model=base, **greedy)
+    check(a.object == "text_completion" and len(a.choices) == 1, f"completion shape {a}")
+    check(a.usage.completion_tokens == 8 and a.usage.prompt_tokens > 0, f"usage {a.usage}")
+    check(a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens, "total_tokens")
+    check(a.choices[0].finish_reason == "length", f"finish_reason {a.choices[0].finish_reason}")
+    b = client.completions.create(model=base, **greedy)
+    check(a.choices[0].text == b.choices[0].text, "greedy is deterministic")
+
+    # Streaming: the pieces add up to the plain answer; the last chunk has the finish reason.
+    pieces, reasons = [], []
+    for chunk in client.completions.create(model=base, stream=True, **greedy):
+        for c in chunk.choices:
+            pieces.append(c.text)
+            reasons.append(c.finish_reason)
+    check("".join(pieces) == a.choices[0].text, f"stream {''.join(pieces)!r} != {a.choices[0].text!r}")
+    check(reasons and reasons[-1] == "length" and all(r is None for r in reasons[:-1]), f"stream reasons {reasons}")
+    usage = [c.usage for c in client.completions.create(model=base, stream=True,
+                                                         stream_options={"include_usage": True}, **greedy)
+             if c.usage is not None]
+    check(len(usage) == 1 and usage[0].completion_tokens == 8, f"stream usage {usage}")
+
+    # Token-id prompts, seeds, echo, logprobs, stop.
+    ids = client.completions.create(model=base, prompt=[1, 40, 41, 42], max_tokens=4, temperature=0)
+    check(ids.usage.prompt_tokens == 4, f"token-id prompt usage {ids.usage}")
+    s1 = client.completions.create(model=base, prompt="Hello", max_tokens=6, temperature=1, seed=7)
+    s2 = client.completions.create(model=base, prompt="Hello", max_tokens=6, temperature=1, seed=7)
+    check(s1.choices[0].text == s2.choices[0].text, "same seed, same text")
+    echo = client.completions.create(model=base, echo=True, **greedy)
+    check(echo.choices[0].text == "Once upon a time" + a.choices[0].text, f"echo {echo.choices[0].text!r}")
+    lp = client.completions.create(model=base, logprobs=2, **greedy)
+    lps = lp.choices[0].logprobs
+    check(lps is not None and len(lps.token_logprobs) == 8 and all(x <= 0 for x in lps.token_logprobs),
+          f"logprobs {lps}")
+    check(all(len(t) == 2 for t in lps.top_logprobs), "two alternatives per token")
+    check("".join(lps.tokens) == lp.choices[0].text, "logprob tokens spell the text")
+    if len(a.choices[0].text) > 3:
+        stop = a.choices[0].text[2:4]
+        st = client.completions.create(model=base, stop=[stop], **greedy)
+        check(stop not in st.choices[0].text and st.choices[0].finish_reason == "stop", f"stop {st.choices[0]}")
+
+    # The adapter is a model of its own, with its own answer.
+    ad = client.completions.create(model=adapter, **greedy)
+    check(ad.model == adapter and ad.usage.completion_tokens >= 1, f"adapter completion {ad}")
+    lp_base = client.completions.create(model=base, prompt="Once upon a time", max_tokens=1, temperature=0,
+                                        logprobs=1).choices[0].logprobs.token_logprobs[0]
+    lp_ad = client.completions.create(model=adapter, prompt="Once upon a time", max_tokens=1, temperature=0,
+                                      logprobs=1).choices[0].logprobs.token_logprobs[0]
+    # (The random demo model is very sure of itself: log-probs near 0 that still differ.)
+    check(lp_base != lp_ad or ad.choices[0].text != a.choices[0].text, "the adapter changes the model")
+
+
+def test_errors(client, port, base):
+    e = expect_error(lambda: client.completions.create(model="no-such-model", prompt="x", max_tokens=1),
+                     openai.NotFoundError, 404, "unknown model")
+    if e is not None:
+        check(e.body.get("code") == "model_not_found", f"unknown model code {e.body}")
+    expect_error(lambda: client.completions.create(model=base, prompt="x", temperature=5),
+                 openai.BadRequestError, 400, "temperature out of range")
+    expect_error(lambda: client.completions.create(model=base, prompt="x", n=2),
+                 openai.BadRequestError, 400, "n = 2")
+    expect_error(lambda: client.completions.create(model=base, prompt="x", extra_body={"bogus": 1}),
+                 openai.BadRequestError, 400, "unknown field")
+    expect_error(lambda: client.completions.create(model=base, prompt=["a", "b"]),
+                 openai.BadRequestError, 400, "several prompts")
+    expect_error(lambda: client.completions.create(model=base, prompt=[1, 10 ** 9]),
+                 openai.BadRequestError, 400, "token id out of range")
+
+    # Plain HTTP, as curl sends it.
+    for body, what in [("{not json", "malformed JSON"), ('{"model": 3, "prompt": "x"}', "wrong type"),
+                       ('[1, 2]', "not an object"), ('{"model": "%s"}' % base, "missing prompt")]:
+        status, headers, text = http(port, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        check(status == 400, f"{what}: status {status}")
+        try:
+            err = json.loads(text)["error"]
+            check(err["type"] == "invalid_request_error" and err["message"], f"{what}: {err}")
+        except (ValueError, KeyError) as ex:
+            check(False, f"{what}: body {text!r} ({ex})")
+    status, headers, _ = http(port, "POST", "/v1/completions", "x" * (2 << 20))
+    check(status == 413, f"huge body: status {status}")
+    status, headers, _ = http(port, "GET", "/v1/completions")
+    check(status == 405 and "POST" in headers.get("Allow", ""), f"GET /v1/completions: {status} {headers}")
+    status, _, text = http(port, "GET", "/v1/models")
+    check(status == 200 and json.loads(text)["object"] == "list", f"GET /v1/models {status}")
+
+
+def test_auth(binary, model, adapter_root, workdir):
+    tokens = os.path.join(workdir, "tokens")
+    with open(tokens, "w") as f:
+        f.write("sk-right\n")
+    server = LoraserveProcess(binary, model, adapter_root, workdir, name="auth",
+                              extra=["--auth_tokens_file=" + tokens], failure=AssertionError)
+    try:
+        base_url = f"http://127.0.0.1:{server.metrics_port}/v1"
+        wrong = openai.OpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0)
+        expect_error(lambda: wrong.completions.create(model="x", prompt="x"), openai.AuthenticationError, 401,
+                     "unknown token")
+        expect_error(lambda: wrong.models.list(), openai.AuthenticationError, 401, "unknown token on models")
+        status, _, _ = http(server.metrics_port, "POST", "/v1/completions", '{"model": "x", "prompt": "x"}')
+        check(status == 401, f"no token: status {status}")
+        right = openai.OpenAI(base_url=base_url, api_key="sk-right", max_retries=0)
+        base = right.models.list().data[0].id
+        r = right.completions.create(model=base, prompt="Hi", max_tokens=2, temperature=0)
+        check(r.usage.completion_tokens == 2, "the right token is served")
+    finally:
+        check(server.stop() == 0, "auth server exits 0")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--loraserve", required=True)
+    parser.add_argument("--loractl", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--adapter_root", required=True)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        server = LoraserveProcess(args.loraserve, args.model, args.adapter_root, workdir, failure=AssertionError)
+        try:
+            adapter = "demo-qv"
+            subprocess.run([args.loractl, "--addr", server.addr, "adapters", "load", adapter, adapter],
+                           check=True, stdout=subprocess.DEVNULL)
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.metrics_port}/v1", api_key="unused",
+                                   max_retries=0)
+            base = client.models.list().data[0].id
+            test_models_and_completions(client, server.metrics_port, base, adapter)
+            test_errors(client, server.metrics_port, base)
+        finally:
+            check(server.stop() == 0, "server exits 0 on SIGTERM")
+        test_auth(args.loraserve, args.model, args.adapter_root, workdir)
+    if FAILURES:
+        print(f"{len(FAILURES)} failure(s)")
+        return 1
+    print("openai_test: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
