@@ -20,6 +20,7 @@ namespace {
 
 namespace pb = ::loraserve::v1;
 
+using client_internal::MapEnum;
 using client_internal::TokenFromProto;
 
 // Client::StartGenerate's stream: one gRPC server stream per attempt; a seeded (or greedy)
@@ -108,12 +109,12 @@ class GenerateStreamImpl : public GenerateStream {
     }
     if (!msg.has_summary()) return;
     const pb::GenerationSummary& s = msg.summary();
-    switch (s.finish_reason()) {
-      case pb::FINISH_REASON_LENGTH: result_.finish_reason = FinishReason::kLength; break;
-      case pb::FINISH_REASON_EOS: result_.finish_reason = FinishReason::kEos; break;
-      case pb::FINISH_REASON_STOP: result_.finish_reason = FinishReason::kStop; break;
-      default: result_.finish_reason = FinishReason::kUnspecified; break;
-    }
+    result_.finish_reason =
+        MapEnum(s.finish_reason(),
+                {{pb::FINISH_REASON_LENGTH, FinishReason::kLength},
+                 {pb::FINISH_REASON_EOS, FinishReason::kEos},
+                 {pb::FINISH_REASON_STOP, FinishReason::kStop}},
+                FinishReason::kUnspecified);
     result_.stop_string = s.stop_string();
     result_.prompt_tokens = s.prompt_tokens();
     result_.completion_tokens = s.completion_tokens();

@@ -29,23 +29,21 @@ AdapterInfo FromProto(const pb::Adapter& a) {
   AdapterInfo out;
   out.name = a.name();
   out.checksum = a.checksum();
-  switch (a.state()) {
-    case pb::ADAPTER_STATE_LOADING: out.state = AdapterState::kLoading; break;
-    case pb::ADAPTER_STATE_READY: out.state = AdapterState::kReady; break;
-    case pb::ADAPTER_STATE_MERGED: out.state = AdapterState::kMerged; break;
-    default: out.state = AdapterState::kUnspecified; break;
-  }
-  switch (a.residency()) {
-    case pb::RESIDENCY_RESIDENT: out.residency = Residency::kResident; break;
-    case pb::RESIDENCY_EVICTED: out.residency = Residency::kEvicted; break;
-    default: out.residency = Residency::kUnspecified; break;
-  }
-  switch (a.source()) {
-    case pb::ADAPTER_SOURCE_ADAPTER_ROOT: out.source = AdapterSource::kAdapterRoot; break;
-    case pb::ADAPTER_SOURCE_UPLOAD: out.source = AdapterSource::kUpload; break;
-    case pb::ADAPTER_SOURCE_COMBINED: out.source = AdapterSource::kCombined; break;
-    default: out.source = AdapterSource::kUnspecified; break;
-  }
+  out.state = MapEnum(a.state(),
+                      {{pb::ADAPTER_STATE_LOADING, AdapterState::kLoading},
+                       {pb::ADAPTER_STATE_READY, AdapterState::kReady},
+                       {pb::ADAPTER_STATE_MERGED, AdapterState::kMerged}},
+                      AdapterState::kUnspecified);
+  out.residency = MapEnum(a.residency(),
+                          {{pb::RESIDENCY_RESIDENT, Residency::kResident},
+                           {pb::RESIDENCY_EVICTED, Residency::kEvicted}},
+                          Residency::kUnspecified);
+  out.source =
+      MapEnum(a.source(),
+              {{pb::ADAPTER_SOURCE_ADAPTER_ROOT, AdapterSource::kAdapterRoot},
+               {pb::ADAPTER_SOURCE_UPLOAD, AdapterSource::kUpload},
+               {pb::ADAPTER_SOURCE_COMBINED, AdapterSource::kCombined}},
+              AdapterSource::kUnspecified);
   out.path = a.path();
   out.bytes = a.bytes();
   out.max_rank = a.max_rank();
@@ -54,12 +52,7 @@ AdapterInfo FromProto(const pb::Adapter& a) {
   out.dora = a.dora();
   out.has_head = a.has_head();
   out.base_model_name_or_path = a.base_model_name_or_path();
-  switch (a.base_model_match()) {
-    case pb::BASE_MODEL_MATCH_MATCH: out.base_model_match = BaseModelMatch::kMatch; break;
-    case pb::BASE_MODEL_MATCH_MISMATCH: out.base_model_match = BaseModelMatch::kMismatch; break;
-    case pb::BASE_MODEL_MATCH_UNKNOWN: out.base_model_match = BaseModelMatch::kUnknown; break;
-    default: out.base_model_match = BaseModelMatch::kUnspecified; break;
-  }
+  out.base_model_match = MapEnum(a.base_model_match(), {{pb::BASE_MODEL_MATCH_MATCH, BaseModelMatch::kMatch}, {pb::BASE_MODEL_MATCH_MISMATCH, BaseModelMatch::kMismatch}, {pb::BASE_MODEL_MATCH_UNKNOWN, BaseModelMatch::kUnknown}}, BaseModelMatch::kUnspecified);
   out.warnings.assign(a.warnings().begin(), a.warnings().end());
   out.uses = a.uses();
   return out;

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -41,6 +42,15 @@ inline constexpr char kRequestIdPayload[] = "type.loraserve.dev/request-id";
 inline constexpr char kRetryAfterPayload[] = "type.loraserve.dev/retry-after-ms";
 
 std::string ToString(const grpc::string_ref& s);
+
+// The `To` that `value` maps to in `table`, else `fallback` (proto enums to the client's).
+template <typename From, typename To, size_t N>
+To MapEnum(From value, const std::pair<From, To> (&table)[N], To fallback) {
+  for (const auto& [from, to] : table) {
+    if (from == value) return to;
+  }
+  return fallback;
+}
 
 // Fills the request id and retry delay of `info` from the server's trailing metadata.
 void ReadTrailers(const grpc::ClientContext& ctx, CallInfo* info);

@@ -110,13 +110,10 @@ class EngineImpl : public Engine {
     lora_ = std::make_unique<LoraModel>(model_.get());
     registry_ = std::make_unique<AdapterRegistry>(*model_, lora_->BaseWeightFn(), options_.adapters);
     executor_ = std::make_unique<Executor>(*model_, lora_.get(), options_.kv_budget_bytes);
-    SchedulerOptions so;
-    so.max_batch_size = options_.max_batch_size;
-    so.max_batch_tokens = options_.max_batch_tokens;
-    so.max_queue = options_.max_queue;
-    so.max_queue_per_adapter = options_.max_queue_per_adapter;
-    so.policy = options_.policy;
-    scheduler_ = std::make_unique<Scheduler>(so, executor_->kv());
+    scheduler_ = std::make_unique<Scheduler>(
+        SchedulerOptions{options_.max_batch_size, options_.max_batch_tokens, options_.max_queue,
+                         options_.max_queue_per_adapter, options_.policy},
+        executor_->kv());
     // Warm-up forward: the first real request should not pay for allocator and thread-pool start.
     {
       c10::InferenceMode guard;

@@ -169,11 +169,9 @@ def test_auth(binary, model, adapter_root, workdir):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--loraserve", required=True)
-    parser.add_argument("--loractl", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--adapter_root", required=True)
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("loraserve", "loractl", "model", "adapter_root"):  # binaries, demo model and adapters
+        parser.add_argument("--" + name, required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         server = LoraserveProcess(args.loraserve, args.model, args.adapter_root, workdir, failure=AssertionError)

@@ -23,8 +23,6 @@ namespace {
 using ::loraserve::testing::StatusIs;
 using ::testing::HasSubstr;
 
-// ---------------------------------------------------------------- Generate on stories260K
-
 // Lends one long-lived hooks object to every forward (the test hooks count calls across steps).
 class BorrowedHooks : public ForwardHooks {
  public:
