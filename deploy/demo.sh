@@ -7,6 +7,7 @@ BIN="$BUILD_DIR/server/loraserve"
 CTL="$BUILD_DIR/client/loractl"
 MKMODEL="$BUILD_DIR/tools/loraserve-mkmodel"
 MODEL="$BUILD_DIR/default-model"
+VENDORED="$(dirname "$0")/../models/stories260K"  # the real stories260K (llama2.c, MIT)
 WORK=$(mktemp -d /tmp/loraserve-demo.XXXXXX)
 SERVER_PID=""
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -29,9 +30,10 @@ run() {
 
 ADAPTER_ROOT="$BUILD_DIR/default-adapters"  # PEFT adapters for the demo model, one dir each
 if [ ! -f "$MODEL/config.json" ] || [ ! -d "$ADAPTER_ROOT" ]; then
-  step "writing the built-in demo model and its demo adapters"
-  rm -rf "$ADAPTER_ROOT"
-  run "$MKMODEL" --out "$MODEL" --force --adapters "$ADAPTER_ROOT"
+  step "copying the built-in model (stories260K) and writing its demo adapters"
+  rm -rf "$ADAPTER_ROOT" "$MODEL"
+  run cp -r "$VENDORED" "$MODEL"
+  run "$MKMODEL" --model "$MODEL" --adapters "$ADAPTER_ROOT"
 fi
 
 step "starting loraserve on $MODEL (gRPC and /metrics on free ports)"
@@ -57,10 +59,11 @@ ctl() { run "$CTL" --addr "$ADDR" "$@"; }
 step "health (grpc.health.v1)"
 ctl health
 
-step "tokenize, score and generate with the base model (random weights: the text is noise)"
+step "tokenize, score and generate with the base model (stories260K: a real, tiny story model)"
 ctl tokenize "Once upon a time"
 ctl score --top_logprobs 2 "Once upon a time"
-ctl generate --max_new_tokens 24 --seed 7 "Once upon a time"
+ctl generate --max_new_tokens 48 --temperature 0 "Once upon a time"
+ctl generate --max_new_tokens 48 --seed 7 "Once upon a time"
 ctl --json generate --max_new_tokens 4 --seed 7 --logprobs "Once upon a time"
 
 ADAPTERS=()
@@ -73,6 +76,20 @@ ctl adapters list
 for a in "${ADAPTERS[@]}"; do
   ctl generate --adapter "$a" --max_new_tokens 16 --temperature 0 "Once upon a time"
 done
+
+step "one prompt, side by side: the base model and two adapters (greedy; the demo adapters have random weights)"
+PROMPT="Lily wanted to play with the ball"
+for a in "" demo-qv demo-mlp; do
+  [ -z "$a" ] || [ -d "$ADAPTER_ROOT/$a" ] || continue
+  printf '%-10s ' "${a:-base}"
+  "$CTL" --addr "$ADDR" --quiet generate ${a:+--adapter "$a"} --max_new_tokens 32 --temperature 0 "$PROMPT" | head -1
+done
+
+step "the same over the OpenAI-compatible HTTP API (curl http://$METRICS/v1/completions)"
+run curl -s "http://$METRICS/v1/models"
+run curl -s "http://$METRICS/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\": \"demo-qv\", \"prompt\": \"$PROMPT\", \"max_tokens\": 24, \"temperature\": 0}"
+echo
 
 A=${ADAPTERS[0]}
 [ -d "$ADAPTER_ROOT/demo-qv" ] && A=demo-qv

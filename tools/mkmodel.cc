@@ -17,24 +17,27 @@ void PrintUsage() {
   std::fprintf(stderr,
                "usage: loraserve-mkmodel --out DIR [--preset tiny|bench] [--seed N] [--force]\n"
                "                         [--adapters DIR]\n"
+               "       loraserve-mkmodel --model DIR --adapters DIR [--seed N]\n"
                "\n"
-               "Writes config.json, model.safetensors and tokenizer.json to DIR, and with\n"
-               "--adapters a few PEFT-format demo adapters (demo-qv, demo-mlp, demo-dora,\n"
-               "demo-head) for that model, one sub-directory each.\n"
+               "Writes a random model (config.json, model.safetensors, tokenizer.json) to DIR,\n"
+               "and with --adapters a few PEFT-format demo adapters (demo-qv, demo-mlp,\n"
+               "demo-dora, demo-head) for that model, one sub-directory each. With --model,\n"
+               "writes only the demo adapters, for the existing model in DIR.\n"
                "\n"
                "flags:\n"
                "  --out DIR        output directory (created if missing)\n"
                "  --preset NAME    tiny (default; ~0.1M parameters) or bench (~220M parameters)\n"
                "  --seed N         weight seed (default 0); the same seed gives the same bytes\n"
                "  --force          write into DIR even if it is not empty\n"
-               "  --adapters DIR   also write the demo adapters under DIR\n");
+               "  --adapters DIR   also write the demo adapters under DIR\n"
+               "  --model DIR      an existing Hugging Face model to write adapters for (no --out)\n");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   loraserve::core::ModelMakerOptions options;
-  std::string out, adapters;
+  std::string out, adapters, model;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     // Accepts both "--flag value" and "--flag=value".
@@ -56,6 +59,8 @@ int main(int argc, char** argv) {
       return 0;
     } else if (a == "--force") {
       options.overwrite = true;
+    } else if (value("--model", &v)) {
+      model = v;
     } else if (value("--adapters", &v)) {
       adapters = v;
     } else if (value("--out", &v)) {
@@ -78,6 +83,19 @@ int main(int argc, char** argv) {
       PrintUsage();
       return kUsageError;
     }
+  }
+  if (!model.empty()) {
+    if (!out.empty() || adapters.empty()) {
+      std::fprintf(stderr, "loraserve-mkmodel: --model needs --adapters and no --out\n");
+      return kUsageError;
+    }
+    absl::Status status = loraserve::core::WriteDemoAdapters(model, adapters, options.seed);
+    if (!status.ok()) {
+      std::fprintf(stderr, "loraserve-mkmodel: adapters: %s\n", status.ToString().c_str());
+      return 1;
+    }
+    std::printf("wrote demo adapters for %s to %s\n", model.c_str(), adapters.c_str());
+    return 0;
   }
   if (out.empty()) {
     PrintUsage();

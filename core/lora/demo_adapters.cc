@@ -17,6 +17,13 @@
 #include "core/model/model_maker.h"
 
 namespace loraserve::core {
+namespace {
+
+// Small enough that adapted stories260K still writes (different) stories, large enough that every
+// adapter visibly changes the output.
+constexpr double kDemoBStddev = 0.05;
+
+}  // namespace
 
 std::vector<std::string> DemoAdapterNames() { return {"demo-qv", "demo-mlp", "demo-dora", "demo-head"}; }
 
@@ -54,7 +61,7 @@ absl::Status WriteDemoAdapters(const std::string& model_dir, const std::string& 
       const std::string p = std::string(kPeftPrefix) + lm.name;
       tensors[p + ".lora_A.weight"] =
           RandomTensor({spec.r, lm.in_features}, 1.0 / std::sqrt(static_cast<double>(lm.in_features)), s, p + "A");
-      tensors[p + ".lora_B.weight"] = RandomTensor({lm.out_features, spec.r}, 0.2, s, p + "B");
+      tensors[p + ".lora_B.weight"] = RandomTensor({lm.out_features, spec.r}, kDemoBStddev, s, p + "B");
       if (spec.dora) {
         tensors[p + ".lora_magnitude_vector"] =
             lm.weight.norm(2, {1}) * (1 + RandomTensor({lm.out_features}, 0.2, s, p + "M"));

@@ -39,7 +39,7 @@ prefix="$tmp/prefix"
 
 # Exactly the documented files: no tests, no third-party headers or libraries.
 unexpected=$(cd "$prefix" && find . \( -type f -o -type l \) | sed 's|^\./||' | grep -Ev \
-  '^(bin/(loraserve|loractl|loraserve-mkmodel)|include/loraserve/client\.h|share/loraserve/default-(model/[a-z_.]+|adapters/demo-[a-z]+/adapter_[a-z_.]+)|lib[^/]*(/[^/]+)?/(libloraserve_client\.so(\.[0-9]+)*|cmake/loraserve/loraserve(Config|ConfigVersion|Targets(-[a-z]+)?)\.cmake))$' ||
+  '^(bin/(loraserve|loractl|loraserve-mkmodel)|include/loraserve/client\.h|share/loraserve/default-(model/([a-z_.]+|LICENSE|README\.md)|adapters/demo-[a-z]+/adapter_[a-z_.]+)|lib[^/]*(/[^/]+)?/(libloraserve_client\.so(\.[0-9]+)*|cmake/loraserve/loraserve(Config|ConfigVersion|Targets(-[a-z]+)?)\.cmake))$' ||
   true)
 [[ -z "$unexpected" ]] || fail "unexpected installed files:"$'\n'"$unexpected"
 [[ -x "$prefix/bin/loraserve" && -x "$prefix/bin/loractl" && -f "$prefix/include/loraserve/client.h" ]] ||

@@ -3,7 +3,8 @@
 by plain HTTP (urllib, as curl would): /v1/models, /v1/completions plain and streaming, adapters
 as models, errors in OpenAI's shape (400, 401, 404, 405), bearer tokens.
 
-Runs on the built-in demo model and adapters the build writes (no ../shared needed).
+Runs on the built-in model (the vendored stories260K) and the demo adapters the build writes (no
+../shared needed).
 """
 
 import argparse
@@ -67,6 +68,9 @@ def test_models_and_completions(client, port, base, adapter):
     check(a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens, "total_tokens")
     check(a.choices[0].finish_reason == "length", f"finish_reason {a.choices[0].finish_reason}")
     b = client.completions.create(model=base, **greedy)
+    # The built-in model is the real stories260K: its greedy story is llama2.c's reference one.
+    story = client.completions.create(model=base, prompt="Once upon a time", max_tokens=12, temperature=0)
+    check(story.choices[0].text.startswith(", there was a little girl named Lily"), f"story {story.choices[0].text!r}")
     check(a.choices[0].text == b.choices[0].text, "greedy is deterministic")
 
     # Streaming: the pieces add up to the plain answer; the last chunk has the finish reason.
