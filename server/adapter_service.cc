@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "core/base/status_macros.h"
 #include "core/engine/engine.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
@@ -313,6 +314,54 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root, const std:
   return resolved.string();
 }
 
+absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engine, const std::string& name,
+                                       const std::string& path) {
+  LORASERVE_ASSIGN_OR_RETURN(std::string dir, ResolveUnderRoot(env.config.adapter_root, path));
+  RootLoad load{name, std::move(dir), false};
+  // A name already taken is compared by checksum later (file I/O); a free one is reserved now, so
+  // that it lists as LOADING.
+  if (!engine.GetAdapter(name).ok()) {
+    LORASERVE_RETURN_IF_ERROR(env.book.BeginLoad(name));
+    load.reserved = true;
+  }
+  return load;
+}
+
+absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const RootLoad& load) {
+  const absl::StatusOr<std::string> checksum = transfer::AdapterChecksumOfDir(load.dir);
+  RootLoadResult out;
+  if (!load.reserved) {
+    LORASERVE_ASSIGN_OR_RETURN(std::optional<pb::Adapter> same, AlreadyLoaded(env, engine, load.name, checksum));
+    if (same.has_value()) {
+      out.adapter = *std::move(same);
+      out.already_loaded = true;
+      return out;
+    }
+    // Deleted in the meantime: load it after all.
+    LORASERVE_RETURN_IF_ERROR(env.book.BeginLoad(load.name));
+  }
+  // A checksum error (a missing file) is left to the loader, whose message says more.
+  const absl::Time start = absl::Now();
+  absl::StatusOr<core::AdapterInfo> info = engine.LoadAdapter(load.name, load.dir);
+  out.took = absl::Now() - start;
+  env.metrics->RecordAdapterLoad(out.took);
+  if (!info.ok()) {
+    env.book.EndLoad(load.name, std::nullopt);
+    return info.status();
+  }
+  AdapterProvenance p;
+  p.origin = AdapterOrigin::kAdapterRoot;
+  p.relative_path = RelativeTo(load.dir, env.config.adapter_root).value_or("");
+  p.checksum = checksum.ok() ? *checksum : std::string();
+  out.relative_path = p.relative_path;
+  env.book.EndLoad(load.name, std::move(p));
+  out.adapter = Describe(env, engine, *info);
+  out.event = absl::StrFormat("name=%s source=adapter_root path=%s checksum=%s bytes=%d load_ms=%.1f", load.name,
+                              LogValue(out.relative_path), out.adapter.checksum(), info->bytes,
+                              absl::ToDoubleMilliseconds(out.took));
+  return out;
+}
+
 grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContext* context,
                                                       const pb::LoadAdapterRequest* request,
                                                       pb::LoadAdapterResponse* response) {
@@ -324,60 +373,17 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
     return reactor;
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
-  absl::StatusOr<std::string> dir = ResolveUnderRoot(env_->config.adapter_root, request->path());
-  if (!dir.ok()) {
-    c->Finish(dir.status());
+  absl::StatusOr<RootLoad> load = BeginRootLoad(*env_, *engine, request->name(), request->path());
+  if (!load.ok()) {
+    c->Finish(load.status());
     return reactor;
   }
-  const std::string name = request->name();
-  // A name already taken is compared by checksum on the pool (file I/O); a free one is reserved
-  // now, so that it lists as LOADING.
-  bool reserved = false;
-  if (!engine->GetAdapter(name).ok()) {
-    absl::Status s = env_->book.BeginLoad(name);
-    if (!s.ok()) {
-      c->Finish(s);
-      return reactor;
-    }
-    reserved = true;
-  }
-  env_->pool->Post([c, engine, name, dir = *dir, response, reserved] {
-    ServiceEnv* env = c->env;
-    const absl::StatusOr<std::string> checksum = transfer::AdapterChecksumOfDir(dir);
-    if (!reserved) {
-      absl::StatusOr<std::optional<pb::Adapter>> same = AlreadyLoaded(*env, *engine, name, checksum);
-      if (!same.ok()) return c->Finish(same.status());
-      if (same->has_value()) {
-        response->set_already_loaded(true);
-        *response->mutable_adapter() = **std::move(same);
-        return c->Finish(absl::OkStatus());
-      }
-      // Deleted in the meantime: load it after all.
-      absl::Status s = env->book.BeginLoad(name);
-      if (!s.ok()) return c->Finish(s);
-    }
-    // A checksum error (a missing file) is left to the loader, whose message says more.
-    const absl::Time start = absl::Now();
-    absl::StatusOr<core::AdapterInfo> info = engine->LoadAdapter(name, dir);
-    const absl::Duration took = absl::Now() - start;
-    env->metrics->RecordAdapterLoad(took);
-    if (!info.ok()) {
-      env->book.EndLoad(name, std::nullopt);
-      c->Finish(info.status());
-      return;
-    }
-    AdapterProvenance p;
-    p.origin = AdapterOrigin::kAdapterRoot;
-    p.relative_path = RelativeTo(dir, env->config.adapter_root).value_or("");
-    p.checksum = checksum.ok() ? *checksum : std::string();
-    const std::string rel = p.relative_path;
-    env->book.EndLoad(name, std::move(p));
-    *response->mutable_adapter() = Describe(*env, *engine, *info);
-    c->call.LogEvent("adapter_loaded",
-                     absl::StrFormat("name=%s source=adapter_root path=%s checksum=%s bytes=%d "
-                                     "load_ms=%.1f",
-                                     name, LogValue(rel), response->adapter().checksum(), info->bytes,
-                                     absl::ToDoubleMilliseconds(took)));
+  env_->pool->Post([c, engine, load = *std::move(load), response] {
+    absl::StatusOr<RootLoadResult> r = FinishRootLoad(*c->env, *engine, load);
+    if (!r.ok()) return c->Finish(r.status());
+    response->set_already_loaded(r->already_loaded);
+    *response->mutable_adapter() = std::move(r->adapter);
+    if (!r->already_loaded) c->call.LogEvent("adapter_loaded", r->event);
     c->Finish(absl::OkStatus());
   });
   return reactor;
@@ -435,6 +441,16 @@ grpc::ServerUnaryReactor* AdapterService::ListAdapters(grpc::CallbackServerConte
   return reactor;
 }
 
+absl::Status DeleteAdapterNamed(ServiceEnv& env, core::Engine& engine, const std::string& name) {
+  if (env.book.IsLoading(name)) {
+    return absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is still loading"));
+  }
+  LORASERVE_RETURN_IF_ERROR(engine.DeleteAdapter(name));
+  std::optional<AdapterProvenance> p = env.book.Forget(name);
+  if (p.has_value()) RemoveUploads(&env, {*p});
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerContext* context,
                                                         const pb::DeleteAdapterRequest* request,
                                                         pb::DeleteAdapterResponse* /*response*/) {
@@ -443,15 +459,8 @@ grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerCont
   const std::string& name = request->name();
   auto engine = EngineForAdapter(c->call, name);
   absl::Status s = engine.status();
-  if (s.ok() && env_->book.IsLoading(name)) {
-    s = absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is still loading"));
-  }
-  if (s.ok()) s = (*engine)->DeleteAdapter(name);
-  if (s.ok()) {
-    std::optional<AdapterProvenance> p = env_->book.Forget(name);
-    if (p.has_value()) RemoveUploads(env_, {*p});
-    c->call.LogEvent("adapter_deleted", absl::StrCat("name=", name));
-  }
+  if (s.ok()) s = DeleteAdapterNamed(*env_, **engine, name);
+  if (s.ok()) c->call.LogEvent("adapter_deleted", absl::StrCat("name=", name));
   c->Finish(s);
   return reactor;
 }

@@ -10,6 +10,27 @@
 
 namespace loraserve::server {
 
+// LoadAdapter from --adapter_root for any transport (gRPC's LoadAdapter, the HTTP API's
+// /v1/load_lora_adapter). BeginRootLoad is cheap (path rules; reserves a free name so it lists as
+// LOADING); FinishRootLoad does the file I/O (blocking: call it on a pool or HTTP thread).
+struct RootLoad {
+  std::string name;
+  std::string dir;        // absolute, under the root
+  bool reserved = false;  // the name was free and is now reserved in the book
+};
+struct RootLoadResult {
+  loraserve::v1::Adapter adapter;
+  bool already_loaded = false;  // the same files were loaded under that name before
+  absl::Duration took;
+  std::string relative_path;
+  std::string event;  // the adapter_loaded event's fields (empty when already loaded)
+};
+absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engine, const std::string& name,
+                                       const std::string& path);
+absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const RootLoad& load);
+// DeleteAdapter for any transport: FailedPrecondition while loading; uploads' files are removed.
+absl::Status DeleteAdapterNamed(ServiceEnv& env, core::Engine& engine, const std::string& name);
+
 class AdapterService final : public loraserve::v1::AdapterService::CallbackService {
  public:
   explicit AdapterService(ServiceEnv* env) : env_(env) {}

@@ -15,8 +15,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "core/base/status_macros.h"
 #include "core/engine/engine.h"
 #include "nlohmann/json.hpp"
+#include "server/adapter_service.h"
 #include "server/proto_convert.h"
 #include "server/service_env.h"
 
@@ -276,6 +278,12 @@ std::string Sse(const Json& j) { return absl::StrCat("data: ", j.dump(), "\n\n")
 void OpenAiApi::Register(HttpEndpoint* http) {
   http->Route("GET", "/v1/models", [this](const Request& r) { return Models(r); });
   http->Route("POST", "/v1/completions", [this](const Request& r) { return Completions(r); });
+  http->Route("POST", "/v1/load_lora_adapter", [this](const Request& r) { return LoadLora(r); });
+  http->Route("POST", "/v1/unload_lora_adapter", [this](const Request& r) { return UnloadLora(r); });
+  http->Route("POST", "/v1/chat/completions", [](const Request&) {
+    return Error(400, "this server's model has no chat template (chat completions need one); use /v1/completions",
+                 "messages", "no_chat_template");
+  });
 }
 
 HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
@@ -443,6 +451,82 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
     write("data: [DONE]\n\n");
   };
   return finish(std::move(r), absl::StatusCode::kOk, c.model);
+}
+
+namespace {
+
+// The admitted engine and the body of a vLLM adapter request ({"lora_name", ...}), or the error.
+struct AdapterCall {
+  std::shared_ptr<core::Engine> engine;
+  Json body;
+  std::string name;
+};
+absl::StatusOr<AdapterCall> AdmitAdapterCall(ServiceEnv& env, const Request& request, std::string* param) {
+  LORASERVE_RETURN_IF_ERROR(Authenticate(env, request));
+  AdapterCall call;
+  LORASERVE_ASSIGN_OR_RETURN(call.engine, env.engine.ForNewCall());
+  call.body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
+  if (call.body.is_discarded() || !call.body.is_object()) {
+    return absl::InvalidArgumentError("the request body must be a JSON object");
+  }
+  if (!call.body.contains("lora_name") || !call.body["lora_name"].is_string()) {
+    *param = "lora_name";
+    return absl::InvalidArgumentError("'lora_name' is required: a string");
+  }
+  call.name = call.body["lora_name"].get<std::string>();
+  if (absl::Status s = ValidateAdapterName(call.name, "lora_name", /*allow_empty=*/false); !s.ok()) {
+    *param = "lora_name";
+    return s;
+  }
+  return call;
+}
+
+}  // namespace
+
+HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
+  const absl::Time start = absl::Now();
+  std::string param;
+  absl::StatusOr<RootLoadResult> result = [&]() -> absl::StatusOr<RootLoadResult> {
+    LORASERVE_ASSIGN_OR_RETURN(AdapterCall call, AdmitAdapterCall(*env_, request, &param));
+    if (!call.body.contains("lora_path") || !call.body["lora_path"].is_string()) {
+      param = "lora_path";
+      return absl::InvalidArgumentError("'lora_path' is required: a string");
+    }
+    std::string path = call.body["lora_path"].get<std::string>();
+    if (!path.empty() && path.front() == '/' && !env_->config.adapter_root.empty()) {
+      std::optional<std::string> relative = RelativeTo(path, env_->config.adapter_root);
+      if (!relative.has_value()) {
+        param = "lora_path";
+        return absl::InvalidArgumentError(
+            absl::StrCat("lora_path \"", path, "\" is not under the server's adapter root"));
+      }
+      path = *relative;
+    }
+    LORASERVE_ASSIGN_OR_RETURN(RootLoad load, BeginRootLoad(*env_, *call.engine, call.name, path));
+    return FinishRootLoad(*env_, *call.engine, load);
+  }();
+  env_->metrics->RecordRpc("OpenAI.LoadLoraAdapter", result.status().code(), absl::Now() - start);
+  if (!result.ok()) return ErrorOf(result.status(), param);
+  if (!result->already_loaded) env_->logger.Log(absl::StrCat("event=adapter_loaded via=http ", result->event));
+  const std::string& name = result->adapter.name();
+  return HttpEndpoint::Reply(200, result->already_loaded
+                                      ? absl::StrCat("Success: LoRA adapter '", name, "' is already loaded.")
+                                      : absl::StrCat("Success: LoRA adapter '", name, "' added successfully."));
+}
+
+HttpEndpoint::Response OpenAiApi::UnloadLora(const Request& request) {
+  const absl::Time start = absl::Now();
+  std::string param;
+  std::string name;
+  absl::Status s = [&]() -> absl::Status {
+    LORASERVE_ASSIGN_OR_RETURN(AdapterCall call, AdmitAdapterCall(*env_, request, &param));
+    name = call.name;
+    return DeleteAdapterNamed(*env_, *call.engine, call.name);
+  }();
+  env_->metrics->RecordRpc("OpenAI.UnloadLoraAdapter", s.code(), absl::Now() - start);
+  if (!s.ok()) return ErrorOf(s, param);
+  env_->logger.Log(absl::StrCat("event=adapter_deleted via=http name=", name));
+  return HttpEndpoint::Reply(200, absl::StrCat("Success: LoRA adapter '", name, "' removed successfully."));
 }
 
 }  // namespace loraserve::server

@@ -5,6 +5,10 @@
 //   POST /v1/completions   prompt as text or token ids; max_tokens, temperature, top_p, stop,
 //                          seed, logprobs (0..5), echo, n = 1, stream (server-sent events ending
 //                          in `data: [DONE]`), usage
+//   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   vLLM's shapes ({"lora_name",
+//                          "lora_path"}); the path must lie under --adapter_root (relative to it,
+//                          or absolute inside it); the same book-keeping as gRPC Load/DeleteAdapter
+//   POST /v1/chat/completions   400: no chat templates yet (stories260K has none)
 // Errors come in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the HTTP
 // status of the failure: 400 bad input (malformed JSON, wrong types, unknown or unsupported
 // fields), 401 missing or unknown token, 404 unknown model, 429 queue full (with retry-after-ms),
@@ -31,6 +35,8 @@ class OpenAiApi {
  private:
   HttpEndpoint::Response Models(const HttpEndpoint::Request& request);
   HttpEndpoint::Response Completions(const HttpEndpoint::Request& request);
+  HttpEndpoint::Response LoadLora(const HttpEndpoint::Request& request);
+  HttpEndpoint::Response UnloadLora(const HttpEndpoint::Request& request);
 
   ServiceEnv* const env_;
 };

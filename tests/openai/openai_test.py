@@ -150,6 +150,41 @@ def test_errors(client, port, base):
     check(status == 200 and json.loads(text)["object"] == "list", f"GET /v1/models {status}")
 
 
+def test_vllm_adapter_routes(client, port, base, adapter_root):
+    """vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, and the chat-completions 400."""
+    def post(path, doc):
+        return http(port, "POST", path, json.dumps(doc), {"Content-Type": "application/json"})
+
+    status, _, text = post("/v1/load_lora_adapter", {"lora_name": "mlp", "lora_path": "demo-mlp"})
+    check(status == 200 and b"added successfully" in text, f"load relative: {status} {text!r}")
+    check("mlp" in [m.id for m in client.models.list().data], "the loaded adapter is a model")
+    r = client.completions.create(model="mlp", prompt="Once upon a time", max_tokens=4, temperature=0)
+    check(r.usage.completion_tokens == 4, "completion with the adapter loaded over HTTP")
+    status, _, text = post("/v1/load_lora_adapter", {"lora_name": "mlp", "lora_path": "demo-mlp"})
+    check(status == 200 and b"already loaded" in text, f"load again: {status} {text!r}")
+    status, _, text = post("/v1/load_lora_adapter", {"lora_name": "mlp", "lora_path": "demo-dora"})
+    check(status == 409, f"same name, other files: {status} {text!r}")
+    status, _, text = post("/v1/load_lora_adapter",
+                           {"lora_name": "dora", "lora_path": os.path.join(os.path.abspath(adapter_root), "demo-dora")})
+    check(status == 200, f"load absolute under the root: {status} {text!r}")
+    status, _, text = post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/etc"})
+    check(status == 400 and json.loads(text)["error"]["param"] == "lora_path", f"outside the root: {status} {text!r}")
+    status, _, text = post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "no-such-dir"})
+    check(status == 404, f"missing dir: {status} {text!r}")
+    status, _, text = post("/v1/load_lora_adapter", {"lora_path": "demo-mlp"})
+    check(status == 400 and json.loads(text)["error"]["param"] == "lora_name", f"no name: {status} {text!r}")
+    for name in ("mlp", "dora"):
+        status, _, text = post("/v1/unload_lora_adapter", {"lora_name": name})
+        check(status == 200 and b"removed successfully" in text, f"unload {name}: {status} {text!r}")
+    status, _, _ = post("/v1/unload_lora_adapter", {"lora_name": "mlp"})
+    check(status == 404, f"unload twice: {status}")
+    check("mlp" not in [m.id for m in client.models.list().data], "unloaded adapters leave /v1/models")
+    e = expect_error(lambda: client.chat.completions.create(model=base, messages=[{"role": "user", "content": "hi"}]),
+                     openai.BadRequestError, 400, "chat without a template")
+    if e is not None:
+        check(e.body.get("code") == "no_chat_template", f"chat error code {e.body}")
+
+
 def test_auth(binary, model, adapter_root, workdir):
     tokens = os.path.join(workdir, "tokens")
     with open(tokens, "w") as f:
@@ -188,6 +223,7 @@ def main():
             base = client.models.list().data[0].id
             test_models_and_completions(client, server.metrics_port, base, adapter)
             test_errors(client, server.metrics_port, base)
+            test_vllm_adapter_routes(client, server.metrics_port, base, args.adapter_root)
         finally:
             check(server.stop() == 0, "server exits 0 on SIGTERM")
         test_auth(args.loraserve, args.model, args.adapter_root, workdir)
