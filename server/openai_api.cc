@@ -97,7 +97,7 @@ absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engin
   static const char* const kKnown[] = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop",
                                        "seed", "stream", "stream_options", "logprobs", "echo", "n",
                                        "best_of", "presence_penalty", "frequency_penalty", "logit_bias",
-                                       "suffix", "user"};
+                                       "suffix", "user", "ignore_eos"};
   for (const auto& [key, value] : body.items()) {
     if (std::find(std::begin(kKnown), std::end(kKnown), key) == std::end(kKnown)) {
       *param = key;
@@ -227,6 +227,10 @@ absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engin
     return bad("suffix", "'suffix' is not supported");
   }
   if (present("user") && !body["user"].is_string()) return bad("user", "'user' must be a string");
+  if (present("ignore_eos")) {  // vLLM's extension
+    if (!body["ignore_eos"].is_boolean()) return bad("ignore_eos", "'ignore_eos' must be a boolean");
+    c.sampling.stop_on_eos = !body["ignore_eos"].get<bool>();
+  }
   if (absl::Status s = core::ValidateSamplingOptions(c.sampling); !s.ok()) return bad("", std::string(s.message()));
   return c;
 }
@@ -368,9 +372,10 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
     return Json{{"text", std::move(text)}, {"index", 0}, {"logprobs", std::move(logprobs)},
                 {"finish_reason", std::move(finish_reason)}};
   };
-  auto envelope = [&](Json choices) {
+  // Copied into the stream below, which outlives this function: captures by value only.
+  auto envelope = [request_id, created, model = c.model](Json choices) {
     return Json{{"id", request_id}, {"object", "text_completion"}, {"created", created},
-                {"model", c.model}, {"choices", std::move(choices)}};
+                {"model", model}, {"choices", std::move(choices)}};
   };
   auto has_event_or_done = [pending]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pending->mu) {
     return pending->done || !pending->events.empty();

@@ -4,7 +4,7 @@
 //                          as in vLLM and LoRAX; the base model answers to its name)
 //   POST /v1/completions   prompt as text or token ids; max_tokens, temperature, top_p, stop,
 //                          seed, logprobs (0..5), echo, n = 1, stream (server-sent events ending
-//                          in `data: [DONE]`), usage
+//                          in `data: [DONE]`), usage; vLLM's `ignore_eos`
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   vLLM's shapes ({"lora_name",
 //                          "lora_path"}); the path must lie under --adapter_root (relative to it,
 //                          or absolute inside it); the same book-keeping as gRPC Load/DeleteAdapter

@@ -10,11 +10,14 @@ Runs on the built-in model (the vendored stories260K) and the demo adapters the 
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
 from loraserve_process import LoraserveProcess  # noqa: E402
@@ -76,6 +79,8 @@ def test_models_and_completions(client, port, base, adapter):
     # Streaming: the pieces add up to the plain answer; the last chunk has the finish reason.
     pieces, reasons = [], []
     for chunk in client.completions.create(model=base, stream=True, **greedy):
+        check(chunk.created > 1_000_000_000 and chunk.model == base and chunk.id.startswith("cmpl-"),
+              f"stream chunk envelope {chunk}")
         for c in chunk.choices:
             pieces.append(c.text)
             reasons.append(c.finish_reason)
@@ -148,6 +153,42 @@ def test_errors(client, port, base):
     check(status == 405 and "POST" in headers.get("Allow", ""), f"GET /v1/completions: {status} {headers}")
     status, _, text = http(port, "GET", "/v1/models")
     check(status == 200 and json.loads(text)["object"] == "list", f"GET /v1/models {status}")
+
+
+def metric(port, name, labels):
+    """The value of `name{labels}` on /metrics (0 when absent)."""
+    _, _, text = http(port, "GET", "/metrics")
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in text.decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, value = line.rsplit(" ", 1)
+            got = series[len(name):]
+            if got == want or (not labels and got == ""):
+                return float(value)
+    return 0.0
+
+
+def test_stream_disconnect_cancels(port, base):
+    """A streaming client that goes away: its request ends long before max_tokens."""
+    labels = {"adapter": "__base__"}
+    before_requests = metric(port, "loraserve_adapter_requests_total", labels)
+    before_tokens = metric(port, "loraserve_generated_tokens_total", labels)
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"model": base, "prompt": "Once upon a time", "max_tokens": 480, "temperature": 1,
+                       "seed": 1, "stream": True, "ignore_eos": True})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    check(resp.status == 200, f"stream status {resp.status}")
+    first = resp.fp.readline()
+    check(first.startswith(b"data: ") or first.strip() != b"", f"first stream line {first!r}")
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.time() + 20
+    while metric(port, "loraserve_adapter_requests_total", labels) == before_requests and time.time() < deadline:
+        time.sleep(0.05)
+    check(metric(port, "loraserve_adapter_requests_total", labels) == before_requests + 1, "the request ended")
+    generated = metric(port, "loraserve_generated_tokens_total", labels) - before_tokens
+    check(generated < 240, f"cancelled after {generated} of 480 tokens")
 
 
 def test_vllm_adapter_routes(client, port, base, adapter_root):
@@ -224,6 +265,7 @@ def main():
             test_models_and_completions(client, server.metrics_port, base, adapter)
             test_errors(client, server.metrics_port, base)
             test_vllm_adapter_routes(client, server.metrics_port, base, args.adapter_root)
+            test_stream_disconnect_cancels(server.metrics_port, base)
         finally:
             check(server.stop() == 0, "server exits 0 on SIGTERM")
         test_auth(args.loraserve, args.model, args.adapter_root, workdir)
