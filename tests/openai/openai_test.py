@@ -155,6 +155,42 @@ def test_errors(client, port, base):
     check(status == 200 and json.loads(text)["object"] == "list", f"GET /v1/models {status}")
 
 
+def test_random_bad_bodies(port, base):
+    """Seeded random bodies (wrong types, truncations, deep nesting, junk bytes): always an answer
+    in OpenAI's error shape (or a completion), never a crash or a hung connection."""
+    import random
+    rng = random.Random(1234)
+    values = [None, True, -1, 0, 2 ** 70, 1.5e308, "", "x" * 5000, [], [1, "a"], {}, {"a": {"b": []}},
+              [[[[[]]]]], -0.0, "\u0000", [10 ** 9], "\ud83d"]
+    fields = ["model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "stream", "logprobs",
+              "echo", "n", "stream_options", "ignore_eos", "bogus"]
+    statuses = {}
+    for i in range(150):
+        doc = {"model": base, "prompt": "Hi", "max_tokens": 2}
+        for _ in range(rng.randint(1, 3)):
+            doc[rng.choice(fields)] = rng.choice(values)
+        body = json.dumps(doc)
+        kind = rng.random()
+        if kind < 0.2:
+            body = body[: rng.randint(0, len(body))]
+        elif kind < 0.3:
+            body = "[" * rng.randint(1, 30000)
+        elif kind < 0.4:
+            body = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200)))
+        status, _, text = http(port, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 200:
+            continue
+        check(400 <= status < 500, f"random body {i}: status {status} for {body[:200]!r}")
+        try:
+            check("message" in json.loads(text)["error"], f"random body {i}: {text[:200]!r}")
+        except (ValueError, KeyError):
+            check(False, f"random body {i}: not OpenAI's error shape: {text[:200]!r}")
+    print("random bodies:", dict(sorted(statuses.items())), flush=True)
+    status, _, _ = http(port, "GET", "/healthz")
+    check(status == 200, "the server is alive after the random bodies")
+
+
 def metric(port, name, labels):
     """The value of `name{labels}` on /metrics (0 when absent)."""
     _, _, text = http(port, "GET", "/metrics")
@@ -266,6 +302,7 @@ def main():
             test_errors(client, server.metrics_port, base)
             test_vllm_adapter_routes(client, server.metrics_port, base, args.adapter_root)
             test_stream_disconnect_cancels(server.metrics_port, base)
+            test_random_bad_bodies(server.metrics_port, base)
         finally:
             check(server.stop() == 0, "server exits 0 on SIGTERM")
         test_auth(args.loraserve, args.model, args.adapter_root, workdir)
