@@ -7,21 +7,6 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="$1"
 shift
-stamp="$venv/.requirements.sha256"
-want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  rm -rf "$venv"
-  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check \
-           -r "$here/requirements.txt"; } >"$venv.log" 2>&1; then
-    cat "$venv.log" >&2
-    rm -rf "$venv"
-    if [[ "${CI:-}" == "true" ]]; then
-      echo "openai_test: cannot install the pinned openai package from PyPI (CI=true: failing)" >&2
-      exit 1
-    fi
-    echo "openai_test: SKIPPED: cannot install the pinned openai package from PyPI" >&2
-    exit 77
-  fi
-  echo "$want" >"$stamp"
-fi
+source "$here/../testing/pinned_venv.sh"
+ensure_pinned_venv "$venv" "$here/requirements.txt" openai_test
 exec "$venv/bin/python" "$here/openai_test.py" "$@"
