@@ -285,8 +285,10 @@ void OpenAiApi::Register(HttpEndpoint* http) {
   http->Route("POST", "/v1/load_lora_adapter", [this](const Request& r) { return LoadLora(r); });
   http->Route("POST", "/v1/unload_lora_adapter", [this](const Request& r) { return UnloadLora(r); });
   http->Route("POST", "/v1/chat/completions", [](const Request&) {
-    return Error(400, "this server's model has no chat template (chat completions need one); use /v1/completions",
-                 "messages", "no_chat_template");
+    return Error(400,
+                 "chat completions are not supported yet (this server does not render chat templates); "
+                 "use /v1/completions with the prompt formatted by the caller",
+                 "messages", "chat_not_supported");
   });
 }
 

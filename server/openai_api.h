@@ -8,7 +8,7 @@
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   vLLM's shapes ({"lora_name",
 //                          "lora_path"}); the path must lie under --adapter_root (relative to it,
 //                          or absolute inside it); the same book-keeping as gRPC Load/DeleteAdapter
-//   POST /v1/chat/completions   400: no chat templates yet (stories260K has none)
+//   POST /v1/chat/completions   400 chat_not_supported: chat templates are not rendered yet
 // Errors come in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the HTTP
 // status of the failure: 400 bad input (malformed JSON, wrong types, unknown or unsupported
 // fields), 401 missing or unknown token, 404 unknown model, 429 queue full (with retry-after-ms),

@@ -259,7 +259,7 @@ def test_vllm_adapter_routes(client, port, base, adapter_root):
     e = expect_error(lambda: client.chat.completions.create(model=base, messages=[{"role": "user", "content": "hi"}]),
                      openai.BadRequestError, 400, "chat without a template")
     if e is not None:
-        check(e.body.get("code") == "no_chat_template", f"chat error code {e.body}")
+        check(e.body.get("code") == "chat_not_supported", f"chat error code {e.body}")
 
 
 def test_auth(binary, model, adapter_root, workdir):
