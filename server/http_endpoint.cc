@@ -1,12 +1,14 @@
-// The one file that includes cpp-httplib.
+// The one server file that includes cpp-httplib.
 #include "server/http_endpoint.h"
 
 #include <arpa/inet.h>
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -115,11 +117,6 @@ const char* Reason(int status) {
   }
 }
 
-time_t Seconds(absl::Duration d) { return static_cast<time_t>(absl::ToInt64Seconds(d)); }
-time_t Micros(absl::Duration d) {
-  return static_cast<time_t>(absl::ToInt64Microseconds(d - absl::Seconds(absl::ToInt64Seconds(d))));
-}
-
 }  // namespace
 
 struct HttpEndpoint::Impl {
@@ -181,9 +178,9 @@ absl::Status HttpEndpoint::Start(const std::string& listen) {
   std::shared_ptr<BoundedPool> pool = std::make_shared<BoundedPool>(options_.threads, options_.max_queue);
   s.new_task_queue = [pool]() -> httplib::TaskQueue* { return new PoolRef(pool); };
   s.set_payload_max_length(static_cast<size_t>(options_.max_request_bytes));
-  s.set_read_timeout(Seconds(options_.timeout), Micros(options_.timeout));
-  s.set_write_timeout(Seconds(options_.timeout), Micros(options_.timeout));
-  s.set_keep_alive_timeout(std::max<time_t>(1, Seconds(options_.timeout)));
+  s.set_read_timeout(absl::ToChronoMicroseconds(options_.timeout));
+  s.set_write_timeout(absl::ToChronoMicroseconds(options_.timeout));
+  s.set_keep_alive_timeout(std::max<time_t>(1, static_cast<time_t>(absl::ToInt64Seconds(options_.timeout))));
   s.set_keep_alive_max_count(static_cast<size_t>(options_.keep_alive_max_requests));
   for (const auto& [path, methods] : routes_) {
     std::string allow;

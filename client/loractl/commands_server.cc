@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -52,10 +53,10 @@ absl::StatusOr<std::string> HttpGet(const std::string& address, const std::strin
   std::string host = address.substr(0, colon);
   if (host.size() > 1 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   httplib::Client client(host, port);
-  const int64_t us = std::max<int64_t>(1, absl::ToInt64Microseconds(timeout));
-  client.set_connection_timeout(static_cast<time_t>(us / 1000000), static_cast<time_t>(us % 1000000));
-  client.set_read_timeout(static_cast<time_t>(us / 1000000), static_cast<time_t>(us % 1000000));
-  client.set_write_timeout(static_cast<time_t>(us / 1000000), static_cast<time_t>(us % 1000000));
+  const auto limit = std::max(absl::ToChronoMicroseconds(timeout), std::chrono::microseconds(1));
+  client.set_connection_timeout(limit);
+  client.set_read_timeout(limit);
+  client.set_write_timeout(limit);
   httplib::Result res = client.Get(path.c_str());
   if (!res) {
     return absl::UnavailableError(
