@@ -38,6 +38,9 @@ def client(server):
 
 def test_health_tokenize_detokenize(client):
     assert client.health() == "SERVING"
+    with pytest.raises(loraserve.Error) as e:  # a name longer than 127 bytes: a two-byte length
+        client.health("s" * 200)
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
     ids = client.tokenize("Once upon a time")
     assert ids[0] == 1 and len(ids) == 5
     assert client.detokenize(ids, skip_special_tokens=True) == "Once upon a time"

@@ -226,11 +226,18 @@ class Client:
     # ------------------------------------------------------------------ health
 
     def health(self, service: str = "") -> str:
-        """grpc.health.v1 status: "SERVING", "NOT_SERVING", ... (raw bytes protocol, no extra stubs)."""
+        """grpc.health.v1 status: "SERVING", "NOT_SERVING", ... (raw bytes protocol, no extra stubs:
+        generated grpc.health.v1 modules would shadow grpcio's own `grpc` package)."""
         check = self._channel.unary_unary(_HEALTH_SERVICE)
-        # HealthCheckRequest{service = 1}: hand-encoded (one length-delimited string field).
+        # HealthCheckRequest{service = 1}: one length-delimited field, the length as a varint.
         data = service.encode()
-        request = (b"\x0a" + bytes([len(data)]) + data) if data else b""
+        length, n = b"", len(data)
+        while True:
+            length += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+            n >>= 7
+            if n == 0:
+                break
+        request = (b"\x0a" + length + data) if data else b""
         reply = self._call(check, request)
         status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
         return {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}.get(status, "UNKNOWN")
