@@ -294,14 +294,13 @@ void OpenAiApi::Register(HttpEndpoint* http) {
 
 HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
   const absl::Time start = absl::Now();
-  auto finish = [&](Response r) {
-    env_->metrics->RecordRpc("OpenAI.Models", r.status == 200 ? absl::StatusCode::kOk : absl::StatusCode::kUnknown,
-                             absl::Now() - start);
-    return r;
+  auto fail = [&](const absl::Status& s) {
+    env_->metrics->RecordRpc("OpenAI.Models", s.code(), absl::Now() - start);
+    return ErrorOf(s);
   };
-  if (absl::Status s = Authenticate(*env_, request); !s.ok()) return finish(ErrorOf(s));
+  if (absl::Status s = Authenticate(*env_, request); !s.ok()) return fail(s);
   auto engine = env_->engine.ForNewCall();
-  if (!engine.ok()) return finish(ErrorOf(engine.status()));
+  if (!engine.ok()) return fail(engine.status());
   const int64_t created = absl::ToUnixSeconds(absl::Now());
   Json data = Json::array();
   data.push_back({{"id", (*engine)->model_name()}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
@@ -310,7 +309,8 @@ HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
     data.push_back({{"id", a.name}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
                     {"root", a.name}, {"parent", (*engine)->model_name()}});
   }
-  return finish(HttpEndpoint::Reply(200, Json{{"object", "list"}, {"data", data}}.dump() + "\n", "application/json"));
+  env_->metrics->RecordRpc("OpenAI.Models", absl::StatusCode::kOk, absl::Now() - start);
+  return HttpEndpoint::Reply(200, Json{{"object", "list"}, {"data", data}}.dump() + "\n", "application/json");
 }
 
 HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
