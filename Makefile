@@ -5,6 +5,10 @@ BUILD_DIR ?= build
 BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?=
+# The CUDA flavour: PyPI's CUDA LibTorch (deploy/torch-cuda-requirements.txt) in .venv-torch-cuda.
+CUDA_BUILD_DIR ?= build-cuda
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCHS ?= 80;90
 
 # ccache: paths under the checkout are hashed relative to it, so a fresh clone in another folder
 # still hits the cache.
@@ -12,7 +16,7 @@ export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := true
 export CCACHE_SLOPPINESS := include_file_mtime,include_file_ctime,time_macros
 
-.PHONY: all deps configure build test demo bench clean
+.PHONY: all deps configure build test demo bench clean build-cuda test-cuda
 
 all: build
 
@@ -30,6 +34,19 @@ test: build
 
 demo: build
 	@bash deploy/demo.sh $(BUILD_DIR)
+
+# The CUDA flavour: compiles and links everything (kernels included) against PyPI's CUDA LibTorch.
+# Its binaries run on the CPU too: test-cuda runs the whole suite on that build.
+build-cuda: deps
+	@cmake -S . -B $(CUDA_BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLORASERVE_CUDA=ON \
+	  -DCMAKE_PREFIX_PATH="$$(bash deploy/install-torch-cuda.sh --print-prefix)" \
+	  -DCMAKE_CUDA_COMPILER=$(CUDA_HOME)/bin/nvcc -DLORASERVE_CUDA_ARCHS="$(CUDA_ARCHS)" \
+	  -DTORCH_CUDA_ARCH_LIST="$$(echo '$(CUDA_ARCHS)' | sed -E 's/([0-9])([0-9])/\1.\2/g')" \
+	  $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(CUDA_BUILD_DIR) -j$(JOBS)
+
+test-cuda: build-cuda
+	cd $(CUDA_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
 
 bench: build
 	@echo "benchmarks are in $(BUILD_DIR)/bench/ (run each binary; see README)"

@@ -30,8 +30,8 @@ ABSL_FLAG(std::string, model, "",
           "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json); empty = "
           "the built-in demo model: <prefix>/share/loraserve/default-model next to an installed "
           "binary, else the one the build wrote (" LORASERVE_DEFAULT_MODEL_DIR ")");
-ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32 | bfloat16");
-ABSL_FLAG(std::string, device, "cpu", "cpu | cuda[:N] (needs a CUDA build of LibTorch)");
+ABSL_FLAG(std::string, dtype, "float32", "compute dtype: float32 | bfloat16 | float16 (float16 on CUDA only)");
+ABSL_FLAG(std::string, device, "cpu", "cpu | cuda[:N] (needs the CUDA flavour, make build-cuda, and a visible GPU)");
 ABSL_FLAG(int, threads, 0, "LibTorch intra-op threads; 0 = hardware concurrency");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "host:port for gRPC (port 0 = any free port)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",

@@ -7,6 +7,7 @@
 #include <deque>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -27,6 +28,44 @@
 #include "core/tokenizer/tokenizer.h"
 
 namespace loraserve::core {
+
+absl::StatusOr<std::string> ResolveDevice(const std::string& device) {
+  std::optional<at::Device> parsed;
+  try {
+    parsed = at::Device(device);
+  } catch (const c10::Error&) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device \"", device, "\" is not a device name (cpu, cuda, cuda:N)"));
+  }
+  if (parsed->is_cpu()) {
+    if (parsed->has_index() && parsed->index() != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("device \"", device, "\": the CPU has no index; use cpu"));
+    }
+    return std::string("cpu");
+  }
+  if (!parsed->is_cuda()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device \"", device, "\" is not supported (cpu, cuda, cuda:N)"));
+  }
+#ifndef LORASERVE_WITH_CUDA
+  return absl::FailedPreconditionError(absl::StrCat(
+      "device ", device, " requested but this build has no CUDA (the Debian LibTorch is CPU-only); "
+      "build the CUDA flavour with `make build-cuda`"));
+#else
+  const int visible = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
+  if (visible == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device ", device, " requested but no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)"));
+  }
+  const int index = parsed->has_index() ? parsed->index() : 0;
+  if (index >= visible) {
+    return absl::InvalidArgumentError(absl::StrCat("device ", device, " requested but only ", visible,
+                                                   " CUDA device(s) are visible (cuda:0 to cuda:", visible - 1, ")"));
+  }
+  return absl::StrCat("cuda:", index);
+#endif
+}
+
 namespace {
 
 absl::Status DirMustBeEmpty(const std::string& dir) {
@@ -91,16 +130,21 @@ class EngineImpl : public Engine {
   absl::Status Init() {
     if (options_.num_threads > 0) at::set_num_threads(options_.num_threads);
     ModelOptions mo;
+    LORASERVE_ASSIGN_OR_RETURN(std::string device, ResolveDevice(options_.device));
+    mo.device = at::Device(device);
     if (options_.dtype == "float32" || options_.dtype == "fp32") {
       mo.dtype = at::kFloat;
     } else if (options_.dtype == "bfloat16" || options_.dtype == "bf16") {
       mo.dtype = at::kBFloat16;
+    } else if (options_.dtype == "float16" || options_.dtype == "fp16") {
+      if (!mo.device.is_cuda()) {
+        return absl::InvalidArgumentError(
+            "dtype float16 runs on CUDA devices only; on the CPU use bfloat16 (fast here) or float32");
+      }
+      mo.dtype = at::kHalf;
     } else {
-      return absl::InvalidArgumentError(absl::StrCat("unsupported dtype \"", options_.dtype, "\" (float32, bfloat16)"));
-    }
-    LORASERVE_ASSIGN_OR_RETURN(mo.device, CallTorch("parsing device", [&] { return at::Device(options_.device); }));
-    if (mo.device.is_cuda() && !at::hasCUDA()) {
-      return absl::FailedPreconditionError("device " + options_.device + " requested but this LibTorch has no CUDA");
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported dtype \"", options_.dtype, "\" (float32, bfloat16, float16)"));
     }
     LORASERVE_ASSIGN_OR_RETURN(model_, Model::Load(options_.model_dir, mo));
     TokenizerOptions to;

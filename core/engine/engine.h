@@ -25,8 +25,8 @@ namespace loraserve::core {
 
 struct EngineOptions {
   std::string model_dir;             // Hugging Face checkpoint directory (with tokenizer.json)
-  std::string dtype = "float32";     // float32 | bfloat16
-  std::string device = "cpu";        // cpu | cuda[:N] (needs a CUDA build of LibTorch)
+  std::string dtype = "float32";     // float32 | bfloat16 | float16 (float16 on CUDA only)
+  std::string device = "cpu";        // cpu | cuda[:N] (needs the CUDA flavour and a visible GPU)
   int num_threads = 0;               // LibTorch intra-op threads; 0 = hardware concurrency
   int max_batch_size = 32;           // sequences per step
   int max_batch_tokens = 2048;       // new tokens per step; long prompts are prefilled in chunks
@@ -37,6 +37,11 @@ struct EngineOptions {
   BatchPolicy policy = BatchPolicy::kMixed;
   AdapterRegistryOptions adapters;   // budget for resident adapter weights, load limits
 };
+
+// Checks a --device value against this build and this machine and returns its canonical name
+// ("cpu", "cuda:N"): InvalidArgument for a malformed or unsupported device or an index beyond the
+// visible GPUs, FailedPrecondition for CUDA on a build without it or a machine without a GPU.
+absl::StatusOr<std::string> ResolveDevice(const std::string& device);
 
 // One generation request.
 struct GenerateRequest {

@@ -1,5 +1,6 @@
 // gtest matchers for absl::Status / absl::StatusOr (Debian's Abseil ships none):
 //   EXPECT_THAT(status_or, IsOk());
+//   EXPECT_THAT(status_or, IsOkAndHolds("cpu"));
 //   EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument));
 //   EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dtype")));
 #ifndef LORASERVE_TESTS_TESTING_STATUS_MATCHERS_H_
@@ -42,6 +43,15 @@ MATCHER_P2(StatusIs, code, message_matcher,
   return s.code() == code &&
          ::testing::ExplainMatchResult(message_matcher, std::string(s.message()),
                                        result_listener);
+}
+
+// A StatusOr that is OK and whose value matches `value_matcher`.
+MATCHER_P(IsOkAndHolds, value_matcher, "is OK and holds a matching value") {
+  if (!arg.ok()) {
+    *result_listener << "status is " << arg.status().ToString();
+    return false;
+  }
+  return ::testing::ExplainMatchResult(value_matcher, *arg, result_listener);
 }
 
 }  // namespace loraserve::testing

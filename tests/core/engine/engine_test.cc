@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "core/engine/generate.h"
 #include "core/lora/lora_model.h"
@@ -22,6 +23,7 @@ namespace loraserve::core {
 namespace {
 
 using ::loraserve::testing::AllcloseExcess;
+using ::loraserve::testing::IsOkAndHolds;
 using ::loraserve::testing::LoadPeftCase;
 using ::loraserve::testing::PeftCase;
 using ::loraserve::testing::PeftDir;
@@ -396,6 +398,45 @@ TEST_F(EngineTest, CombineSaveExportAndUnloadAll) {
   });
   unloaded.WaitForNotification();
   EXPECT_TRUE(engine->ListAdapters().empty());
+}
+
+// Device and dtype validation runs before the model loads, so no model is needed.
+TEST(ResolveDeviceTest, CpuNamesAndMalformedNames) {
+  EXPECT_THAT(ResolveDevice("cpu"), IsOkAndHolds(std::string("cpu")));
+  EXPECT_THAT(ResolveDevice("cpu:0"), IsOkAndHolds(std::string("cpu")));
+  EXPECT_THAT(ResolveDevice("gpu"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("\"gpu\" is not a device name")));
+  EXPECT_THAT(ResolveDevice("cuda:x"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ResolveDevice(""), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ResolveDevice("cpu:1"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("no index")));
+  EXPECT_THAT(ResolveDevice("meta"), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("not supported")));
+}
+
+TEST(ResolveDeviceTest, CudaNeedsTheCudaFlavourAndAVisibleGpu) {
+#ifndef LORASERVE_WITH_CUDA
+  EXPECT_THAT(ResolveDevice("cuda"), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::HasSubstr("make build-cuda")));
+  EXPECT_THAT(ResolveDevice("cuda:3"), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::HasSubstr("make build-cuda")));
+#else
+  const int visible = at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0;
+  if (visible == 0) {
+    EXPECT_THAT(ResolveDevice("cuda"), StatusIs(absl::StatusCode::kFailedPrecondition, ::testing::HasSubstr("no CUDA GPU is visible")));
+  } else {
+    EXPECT_THAT(ResolveDevice("cuda"), IsOkAndHolds(std::string("cuda:0")));
+    EXPECT_THAT(ResolveDevice(absl::StrCat("cuda:", visible - 1)), IsOkAndHolds(absl::StrCat("cuda:", visible - 1)));
+    EXPECT_THAT(ResolveDevice(absl::StrCat("cuda:", visible)), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("visible")));
+  }
+#endif
+}
+
+TEST(EngineOptionsTest, BadDeviceAndDtypeFailCreateBeforeLoading) {
+  EngineOptions o;
+  o.model_dir = "/nonexistent-model";
+  o.device = "tpu";
+  EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("tpu")));
+  o.device = "cpu";
+  o.dtype = "float16";
+  EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("CUDA devices only")));
+  o.dtype = "int8";
+  EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("unsupported dtype")));
 }
 
 }  // namespace
