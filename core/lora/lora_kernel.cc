@@ -23,6 +23,10 @@ class GatherLoraKernel : public LoraKernel {
                                            : x.narrow(0, rows.begin, rows.end - rows.begin);
       if (!fp32) xs = xs.to(at::kFloat);
       at::Tensor d = at::mm(at::mm(xs, s.a->t()), s.b->t());
+      if (s.kind != SegmentKind::kAdd) {
+        ApplyDora(s, d, y);
+        continue;
+      }
       if (s.bias != nullptr) d.add_(*s.bias);
       if (!fp32) d = d.to(y.scalar_type());
       if (rows.index.defined()) {
@@ -30,6 +34,30 @@ class GatherLoraKernel : public LoraKernel {
       } else {
         y.narrow(0, rows.begin, rows.end - rows.begin).add_(d, s.scale);
       }
+    }
+  }
+
+ private:
+  // kDora / kUndoDora (lora_kernel.h) on the segment's rows, in fp32, written back once.
+  static void ApplyDora(const LoraSegment& s, const at::Tensor& d, at::Tensor& y) {
+    const RowSet& rows = *s.rows;
+    at::Tensor ys = (rows.index.defined() ? y.index_select(0, rows.index)
+                                          : y.narrow(0, rows.begin, rows.end - rows.begin))
+                        .to(at::kFloat);
+    if (s.base_bias != nullptr) ys = ys - *s.base_bias;
+    at::Tensor out;
+    if (s.kind == SegmentKind::kDora) {
+      out = (ys + d * s.scale) * *s.dora_scale;
+      if (s.bias != nullptr) out = out + *s.bias * s.scale;
+    } else {
+      out = ys / *s.dora_scale + (s.bias != nullptr ? d + *s.bias : d) * s.scale;
+    }
+    if (s.base_bias != nullptr) out = out + *s.base_bias;
+    out = out.to(y.scalar_type());
+    if (rows.index.defined()) {
+      y.index_copy_(0, rows.index, out);
+    } else {
+      y.narrow(0, rows.begin, rows.end - rows.begin).copy_(out);
     }
   }
 };
@@ -49,7 +77,10 @@ class CpuLoraKernel : public LoraKernel {
     const bool supported = x.device().is_cpu() && x.is_contiguous() && y.is_contiguous() &&
                            x.scalar_type() == y.scalar_type() &&
                            (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
-    if (!supported) return gather_.AddSegments(x, y, segments);
+    const bool plain = std::all_of(segments.begin(), segments.end(),
+                                   [](const LoraSegment& s) { return s.kind == SegmentKind::kAdd; });
+    // DoRA segments do not commute with the others on their rows: keep list order (gather).
+    if (!supported || !plain) return gather_.AddSegments(x, y, segments);
     std::vector<LoraSegment> large;
     // (row, segment) for every row of a small segment; sorted by row (segment order kept within a
     // row), rows become the unit of parallelism, so no two threads write one row.
@@ -135,5 +166,9 @@ class CpuLoraKernel : public LoraKernel {
 std::unique_ptr<LoraKernel> MakeGatherLoraKernel() { return std::make_unique<GatherLoraKernel>(); }
 
 std::unique_ptr<LoraKernel> MakeCpuLoraKernel() { return std::make_unique<CpuLoraKernel>(); }
+
+#ifndef LORASERVE_WITH_CUDA
+std::unique_ptr<LoraKernel> MakeCudaLoraKernel() { return nullptr; }
+#endif
 
 }  // namespace loraserve::core

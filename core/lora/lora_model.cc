@@ -139,7 +139,12 @@ class BatchHooks : public ForwardHooks {
     const int id = module.id;
     const auto& merged = state_.merged_by_linear[id];
     std::vector<LoraSegment> segments;
-    // 1. Rows not belonging to a merged adapter X get X's effect removed.
+    // The linear's own bias in fp32, for DoRA segments (which work on y − bias).
+    at::Tensor base_bias;
+    if (module.bias.defined()) base_bias = module.bias.to(at::kFloat);
+    const at::Tensor* bb = base_bias.defined() ? &base_bias : nullptr;
+    // 1. Rows not belonging to a merged adapter X get X's effect removed (DoRA: its rescaling
+    //    undone first, so these come before every other segment on those rows).
     // bias="all" adapters: (rows, saved bias − checkpoint bias, sign) to add after the products.
     std::vector<std::tuple<const RowSet*, const at::Tensor*, double>> bias_adds;
     for (const LoraAdapter* mx : merged) {
@@ -148,45 +153,35 @@ class BatchHooks : public ForwardHooks {
       if (others.size() == 0) continue;
       if (mx->SavedBias(id).defined()) bias_adds.emplace_back(&others, &mx->SavedBias(id), -1.0);
       if (m == nullptr) continue;
+      LoraSegment seg{&others, &m->a, &m->b, m->lora_bias.defined() ? &m->lora_bias : nullptr, -m->scaling};
       if (m->is_dora()) {
-        // y = g⊙(x(W+ΔW)ᵀ) + b  →  x(W+ΔW)ᵀ + b = (y − b)/g + b; the ΔW term follows below.
-        at::Tensor ys = Gather(y, others).to(at::kFloat);
-        at::Tensor bias = module.bias.defined() ? module.bias.to(at::kFloat) : at::Tensor();
-        if (bias.defined()) ys = ys - bias;
-        ys = ys / m->dora_scale;
-        if (bias.defined()) ys = ys + bias;
-        Scatter(y, others, ys.to(y.scalar_type()));
+        // y = g⊙(x(W+ΔW)ᵀ) + b  →  x(W+ΔW)ᵀ + b = (y − b)/g + b, then −ΔW.
+        seg.kind = SegmentKind::kUndoDora;
+        seg.dora_scale = &m->dora_scale;
+        seg.base_bias = bb;
       }
-      segments.push_back({&others, &m->a, &m->b, m->lora_bias.defined() ? &m->lora_bias : nullptr,
-                          -m->scaling});
+      segments.push_back(seg);
     }
-    // 2. Each adapter's own plain LoRA product on its rows.
-    std::vector<std::pair<const LoraModule*, const RowSet*>> dora;
+    // 2. Each adapter's own LoRA product on its rows; DoRA ones last (y = b + g ⊙ (xWᵀ + s·xAᵀBᵀ)
+    //    from their base output).
+    std::vector<LoraSegment> dora;
     for (const Group& g : groups_) {
       if (IsMergedHere(merged, g.adapter)) continue;
       if (g.adapter->SavedBias(id).defined()) bias_adds.emplace_back(&g.rows, &g.adapter->SavedBias(id), 1.0);
       const LoraModule* m = g.adapter->ForLinear(id);
       if (m == nullptr) continue;
+      LoraSegment seg{&g.rows, &m->a, &m->b, m->lora_bias.defined() ? &m->lora_bias : nullptr, m->scaling};
       if (m->is_dora()) {
-        dora.emplace_back(m, &g.rows);
+        seg.kind = SegmentKind::kDora;
+        seg.dora_scale = &m->dora_scale;
+        seg.base_bias = bb;
+        dora.push_back(seg);
         continue;
       }
-      segments.push_back({&g.rows, &m->a, &m->b, m->lora_bias.defined() ? &m->lora_bias : nullptr,
-                          m->scaling});
+      segments.push_back(seg);
     }
+    segments.insert(segments.end(), dora.begin(), dora.end());
     if (!segments.empty()) kernel_.AddSegments(x, y, segments);
-    // 3. DoRA rows: y = b + g ⊙ (xWᵀ + s·xAᵀBᵀ), from their (now base) output.
-    for (const auto& [m, rows] : dora) {
-      at::Tensor xs = Gather(x, *rows).to(at::kFloat);
-      at::Tensor ys = Gather(y, *rows).to(at::kFloat);
-      at::Tensor bias = module.bias.defined() ? module.bias.to(at::kFloat) : at::Tensor();
-      if (bias.defined()) ys = ys - bias;
-      at::Tensor lora = at::mm(at::mm(xs, m->a.t()), m->b.t()) * m->scaling;
-      at::Tensor out = (ys + lora) * m->dora_scale;
-      if (m->lora_bias.defined()) out = out + m->lora_bias * m->scaling;
-      if (bias.defined()) out = out + bias;
-      Scatter(y, *rows, out.to(y.scalar_type()));
-    }
     // 4. Saved biases replace the checkpoint's: add their difference on their rows.
     for (const auto& [rows, saved, sign] : bias_adds) {
       at::Tensor delta = (*saved - state_.original_bias[id].to(at::kFloat)) * sign;
@@ -258,7 +253,11 @@ class BatchHooks : public ForwardHooks {
       for (int64_t i = b; i < e; ++i) idx.push_back(i);
     }
     if (idx.empty()) return rs;
-    rs.index = at::tensor(at::ArrayRef<int64_t>(idx), at::kLong).to(device_);
+    rs.index = at::tensor(at::ArrayRef<int64_t>(idx), at::kLong);
+    if (!device_.is_cpu()) {
+      rs.index_host = rs.index;
+      rs.index = rs.index.to(device_);
+    }
     return rs;
   }
 
@@ -317,7 +316,13 @@ class BatchHooks : public ForwardHooks {
 LoraModel::LoraModel(Model* model, std::unique_ptr<LoraKernel> kernel)
     : model_(model), state_(std::make_unique<State>()), kernel_(std::move(kernel)) {
   if (kernel_ == nullptr) {
-    kernel_ = model_->options().device.is_cpu() ? MakeCpuLoraKernel() : MakeGatherLoraKernel();
+    const at::Device device = model_->options().device;
+    if (device.is_cpu()) {
+      kernel_ = MakeCpuLoraKernel();
+    } else if (device.is_cuda()) {
+      kernel_ = MakeCudaLoraKernel();  // nullptr without the CUDA flavour
+    }
+    if (kernel_ == nullptr) kernel_ = MakeGatherLoraKernel();
   }
   for (const LinearModule& lm : model_->linears()) {
     state_->original_weight.push_back(lm.weight);

@@ -27,13 +27,13 @@ TEST(LoraKernelTest, CpuKernelMatchesGatherKernel) {
     w.push_back(x);
   }
   std::vector<RowSet> sets;
-  sets.push_back({0, 1, {}});                            // one row (decode)
-  sets.push_back({1, 3, {}});                            // two rows
-  sets.push_back({3, 30, {}});                           // 27 rows (prefill: GEMM path)
-  sets.push_back({0, 0, at::tensor({5, 9, 33}, at::kLong)});     // index set, small
-  sets.push_back({0, 0, at::arange(0, 40, 3, at::kLong)});      // index set, 14 rows
-  sets.push_back({30, 38, {}});                          // exactly the fused limit (8 rows)
-  sets.push_back({0, 0, at::tensor({0, 2, 38, 39}, at::kLong)}); // overlaps rows of others
+  sets.push_back({0, 1, {}, {}});                            // one row (decode)
+  sets.push_back({1, 3, {}, {}});                            // two rows
+  sets.push_back({3, 30, {}, {}});                           // 27 rows (prefill: GEMM path)
+  sets.push_back({0, 0, at::tensor({5, 9, 33}, at::kLong), {}});     // index set, small
+  sets.push_back({0, 0, at::arange(0, 40, 3, at::kLong), {}});      // index set, 14 rows
+  sets.push_back({30, 38, {}, {}});                          // exactly the fused limit (8 rows)
+  sets.push_back({0, 0, at::tensor({0, 2, 38, 39}, at::kLong), {}}); // overlaps rows of others
   std::vector<LoraSegment> segments;
   for (size_t i = 0; i < sets.size(); ++i) {
     const Weights& x = w[i % w.size()];
