@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <cmath>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -18,6 +19,30 @@ namespace {
 
 absl::Status Invalid(const std::string& adapter, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("adapter ", adapter, ": ", what));
+}
+
+// Refuses a module whose scaling is not finite, or whose delta could overflow fp32/bf16 on
+// activations of ordinary size: |s·B·A·x|_∞ ≤ |s|·‖B‖_∞·‖A‖_∞·|x|_∞ (‖·‖_∞ the largest absolute
+// row sum), and a gain above 1e30 leaves under 1e8 of headroom before 3.4e38 for |x|.
+absl::Status CheckScaling(const std::string& adapter, const LoraConfig& config, const LoraModule& m) {
+  constexpr double kMaxGain = 1e30;
+  const std::string source = absl::StrCat("lora_alpha ", config.AlphaFor(m.name), " / r ", m.rank,
+                                          config.use_rslora ? " (rsLoRA: alpha/sqrt(r))" : "",
+                                          " (lora_alpha, or the alpha_pattern / rank_pattern entry for it)");
+  // Kernels take the scaling as a float: beyond 1e30 it is unusable even on zero weights
+  // (inf · 0 = NaN).
+  if (!std::isfinite(m.scaling) || std::abs(m.scaling) > kMaxGain) {
+    return Invalid(adapter, absl::StrCat("module \"", m.name, "\": scaling ", m.scaling, " from ", source,
+                                         std::isfinite(m.scaling) ? " is above 1e30" : " is not finite"));
+  }
+  const double gain = std::abs(m.scaling) * m.a.abs().sum(1).max().item<double>() *
+                      m.b.abs().sum(1).max().item<double>();
+  if (!(gain <= kMaxGain)) {
+    return Invalid(adapter, absl::StrCat("module \"", m.name, "\": scaling ", m.scaling, " from ", source,
+                                         " times its lora_A and lora_B makes a delta that overflows the compute dtype "
+                                         "(gain ", gain, " > ", kMaxGain, ")"));
+  }
+  return absl::OkStatus();
 }
 
 // What one saved key holds.
@@ -297,6 +322,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
         if (t.defined()) LORASERVE_RETURN_IF_ERROR(finite(t, absl::StrCat(module, ".", what)));
       }
       if (m.dora_scale.defined()) LORASERVE_RETURN_IF_ERROR(finite(m.dora_scale, module + " DoRA scale"));
+      LORASERVE_RETURN_IF_ERROR(CheckScaling(name, config, m));
       adapter->max_rank_ = std::max(adapter->max_rank_, m.rank);
       adapter->modules_.push_back(std::move(m));
     }
