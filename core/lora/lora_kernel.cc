@@ -11,6 +11,11 @@
 namespace loraserve::core {
 namespace {
 
+// The rows of `t` in `rows`: a view for a range, a copy for an index set.
+at::Tensor Rows(const at::Tensor& t, const RowSet& rows) {
+  return rows.index.defined() ? t.index_select(0, rows.index) : t.narrow(0, rows.begin, rows.end - rows.begin);
+}
+
 class GatherLoraKernel : public LoraKernel {
  public:
   void AddSegments(const at::Tensor& x, at::Tensor& y,
@@ -19,8 +24,7 @@ class GatherLoraKernel : public LoraKernel {
     for (const LoraSegment& s : segments) {
       if (s.rows->size() == 0) continue;
       const RowSet& rows = *s.rows;
-      at::Tensor xs = rows.index.defined() ? x.index_select(0, rows.index)
-                                           : x.narrow(0, rows.begin, rows.end - rows.begin);
+      at::Tensor xs = Rows(x, rows);
       if (!fp32) xs = xs.to(at::kFloat);
       at::Tensor d = at::mm(at::mm(xs, s.a->t()), s.b->t());
       if (s.kind != SegmentKind::kAdd) {
@@ -41,9 +45,7 @@ class GatherLoraKernel : public LoraKernel {
   // kDora / kUndoDora (lora_kernel.h) on the segment's rows, in fp32, written back once.
   static void ApplyDora(const LoraSegment& s, const at::Tensor& d, at::Tensor& y) {
     const RowSet& rows = *s.rows;
-    at::Tensor ys = (rows.index.defined() ? y.index_select(0, rows.index)
-                                          : y.narrow(0, rows.begin, rows.end - rows.begin))
-                        .to(at::kFloat);
+    at::Tensor ys = Rows(y, rows).to(at::kFloat);
     if (s.base_bias != nullptr) ys = ys - *s.base_bias;
     at::Tensor out;
     if (s.kind == SegmentKind::kDora) {

@@ -139,10 +139,14 @@ class BatchHooks : public ForwardHooks {
     const int id = module.id;
     const auto& merged = state_.merged_by_linear[id];
     std::vector<LoraSegment> segments;
-    // The linear's own bias in fp32, for DoRA segments (which work on y − bias).
+    // The linear's own bias in fp32, for DoRA segments (which work on y − bias); converted only
+    // when a DoRA segment needs it.
     at::Tensor base_bias;
-    if (module.bias.defined()) base_bias = module.bias.to(at::kFloat);
-    const at::Tensor* bb = base_bias.defined() ? &base_bias : nullptr;
+    auto bb = [&]() -> const at::Tensor* {
+      if (!module.bias.defined()) return nullptr;
+      if (!base_bias.defined()) base_bias = module.bias.to(at::kFloat);
+      return &base_bias;
+    };
     // 1. Rows not belonging to a merged adapter X get X's effect removed (DoRA: its rescaling
     //    undone first, so these come before every other segment on those rows).
     // bias="all" adapters: (rows, saved bias − checkpoint bias, sign) to add after the products.
@@ -158,7 +162,7 @@ class BatchHooks : public ForwardHooks {
         // y = g⊙(x(W+ΔW)ᵀ) + b  →  x(W+ΔW)ᵀ + b = (y − b)/g + b, then −ΔW.
         seg.kind = SegmentKind::kUndoDora;
         seg.dora_scale = &m->dora_scale;
-        seg.base_bias = bb;
+        seg.base_bias = bb();
       }
       segments.push_back(seg);
     }
@@ -174,7 +178,7 @@ class BatchHooks : public ForwardHooks {
       if (m->is_dora()) {
         seg.kind = SegmentKind::kDora;
         seg.dora_scale = &m->dora_scale;
-        seg.base_bias = bb;
+        seg.base_bias = bb();
         dora.push_back(seg);
         continue;
       }
