@@ -254,8 +254,8 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
         if (!mt.embed_a.defined() || !mt.embed_b.defined()) {
           return Invalid(name, absl::StrCat("embedding module \"", module, "\" needs lora_embedding_A and lora_embedding_B"));
         }
-        if (mt.a.defined() || mt.b.defined() || mt.magnitude.defined() || mt.bias.defined()) {
-          return Invalid(name, "embedding LoRA with lora_A/lora_B, DoRA or lora_bias keys is not supported");
+        if (mt.a.defined() || mt.b.defined() || mt.bias.defined()) {
+          return Invalid(name, "embedding LoRA with lora_A/lora_B or lora_bias keys is not supported");
         }
         const int64_t r = mt.embed_a.size(0);
         LORASERVE_RETURN_IF_ERROR(shape_is(mt.embed_a, {r, mc.vocab_size}, module + ".lora_embedding_A"));
@@ -269,14 +269,39 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
           LORASERVE_RETURN_IF_ERROR(shape_is(mt.base_layer, {mc.vocab_size, mc.hidden_size}, module + ".base_layer.weight"));
           LORASERVE_RETURN_IF_ERROR(finite(mt.base_layer, module + ".base_layer.weight"));
           // PEFT saves the whole base embedding; when it is the checkpoint's, it costs nothing.
-          at::Tensor base = model.embedding();
+          at::Tensor base = base_weight(-1);
           at::Tensor saved = mt.base_layer.to(base.options());
           if (!at::equal(saved, base)) adapter->embedding_base_ = saved.contiguous();
         }
+        if (mt.magnitude.defined() != config.use_dora) {
+          return Invalid(name, absl::StrCat("module \"", module, "\": lora_magnitude_vector ",
+                                            mt.magnitude.defined() ? "present but use_dora is false"
+                                                                   : "missing but use_dora is true"));
+        }
+        if (mt.magnitude.defined()) {
+          // DoRA on an embedding (PEFT DoraEmbeddingLayer): g = m / ‖E + ΔE‖ per hidden dimension.
+          LORASERVE_RETURN_IF_ERROR(shape_is(mt.magnitude, {mc.hidden_size}, module + ".lora_magnitude_vector"));
+          m.magnitude = mt.magnitude.to(f32).contiguous();
+          const at::Tensor& e0 = adapter->embedding_base_.defined() ? adapter->embedding_base_ : base_weight(-1);
+          at::Tensor e = e0.to(at::kFloat) + m.Delta();
+          m.dora_scale = (m.magnitude / e.norm(2, {0})).contiguous();
+          adapter->has_dora_ = true;
+        }
       } else {
         const LinearModule* lm = model.FindLinear(module);
-        if (mt.base_layer.defined() || mt.embed_a.defined() || mt.embed_b.defined()) {
+        if (mt.embed_a.defined() || mt.embed_b.defined()) {
           return Invalid(name, absl::StrCat("linear module \"", module, "\" has embedding-style keys"));
+        }
+        if (mt.base_layer.defined()) {
+          // PEFT (save_embedding_layers) saves the whole base weight of a targeted lm_head; it
+          // must be the checkpoint's: an adapter does not replace a linear's base weight.
+          const at::Tensor base = base_weight(lm->id);
+          LORASERVE_RETURN_IF_ERROR(shape_is(mt.base_layer, {lm->out_features, lm->in_features},
+                                             module + ".base_layer.weight"));
+          if (!at::equal(mt.base_layer.to(base.options()), base)) {
+            return Invalid(name, absl::StrCat(module, ".base_layer.weight differs from the base model's ",
+                                              module, ".weight (an adapter for another base model?)"));
+          }
         }
         if (!mt.a.defined() || !mt.b.defined()) {
           return Invalid(name, absl::StrCat("module \"", module, "\" needs both lora_A and lora_B"));
@@ -379,6 +404,7 @@ std::vector<std::pair<std::string, at::Tensor>> LoraAdapter::PeftTensors() const
     if (m.is_embedding()) {
       out.emplace_back(p + m.name + ".lora_embedding_A", m.a);
       out.emplace_back(p + m.name + ".lora_embedding_B", m.b);
+      if (m.magnitude.defined()) out.emplace_back(p + m.name + ".lora_magnitude_vector", m.magnitude);
       if (embedding_base_.defined()) out.emplace_back(p + m.name + ".base_layer.weight", embedding_base_);
       continue;
     }

@@ -14,24 +14,9 @@
 #include "core/io/file_util.h"
 #include "core/io/json_file.h"
 #include "core/io/tensor_io.h"
+#include "core/lora/lora_compose.h"
 
 namespace loraserve::core {
-
-namespace {
-
-// Linear modules an adapter changes: those with LoRA weights and those whose bias it saved.
-std::vector<int> TouchedLinears(const LoraAdapter& a) {
-  std::set<int> ids;
-  for (const LoraModule& m : a.modules()) {
-    if (!m.is_embedding()) ids.insert(m.linear_id);
-  }
-  for (int id = 0; id < a.num_linears(); ++id) {
-    if (a.SavedBias(id).defined()) ids.insert(id);
-  }
-  return std::vector<int>(ids.begin(), ids.end());
-}
-
-}  // namespace
 
 struct LoraModel::State {
   // The checkpoint's tensors, captured at construction. Merged weights are always recomputed from
@@ -64,41 +49,6 @@ struct LoraModel::State {
 
 namespace {
 
-// Merged weight and bias of one linear module for `adapters` (those touching it, in merge
-// order), computed in fp32 from the checkpoint's tensors and cast to the model dtype.
-//   plain LoRA:  W' = W + Σ s·B·A,   b' = b + Σ s·b_B (materialised when the layer has no bias)
-//   DoRA (alone): W' = (m / ‖W + s·B·A‖_row) ⊙ (W + s·B·A)
-std::pair<at::Tensor, at::Tensor> ComposeLinear(const at::Tensor& w0, const at::Tensor& b0, int id,
-                                                const std::vector<const LoraAdapter*>& adapters) {
-  if (adapters.empty()) return {w0, b0};
-  at::Tensor w = w0.to(at::kFloat);
-  at::Tensor b = b0.defined() ? b0.to(at::kFloat) : at::Tensor();
-  for (const LoraAdapter* a : adapters) {
-    // bias="all": the adapter's saved bias replaces the checkpoint's (its difference is added, so
-    // several merged adapters compose).
-    if (a->SavedBias(id).defined()) b = b + (a->SavedBias(id) - b0.to(at::kFloat));
-    const LoraModule* m = a->ForLinear(id);
-    if (m == nullptr) continue;
-    w = w + m->Delta();
-    if (m->is_dora()) w = w * m->dora_scale.unsqueeze(1);
-    if (m->lora_bias.defined()) {
-      at::Tensor lb = m->lora_bias * m->scaling;
-      b = b.defined() ? b + lb : lb;
-    }
-  }
-  return {w.to(w0.scalar_type()).contiguous(),
-          b.defined() ? b.to(w0.scalar_type()).contiguous() : at::Tensor()};
-}
-
-at::Tensor ComposeEmbedding(const at::Tensor& e0, const std::vector<const LoraAdapter*>& adapters) {
-  if (adapters.empty()) return e0;
-  at::Tensor e = e0.to(at::kFloat);
-  for (const LoraAdapter* a : adapters) e = e + a->embedding()->Delta();
-  return e.to(e0.scalar_type()).contiguous();
-}
-
-bool AllFinite(const at::Tensor& t) { return !t.defined() || at::isfinite(t).all().item<bool>(); }
-
 // Per-forward hooks: which adapter each token row uses, and the merge state to correct for.
 class BatchHooks : public ForwardHooks {
  public:
@@ -106,50 +56,39 @@ class BatchHooks : public ForwardHooks {
              absl::Span<const SequenceInput> batch,
              const std::vector<std::shared_ptr<const LoraAdapter>>& adapters)
       : state_(state), kernel_(kernel), adapters_(adapters), device_(state.original_embed.device()) {
-    std::map<const LoraAdapter*, int> group_of;
-    std::vector<std::vector<std::pair<int64_t, int64_t>>> ranges;
-    int64_t row = 0;
+    std::vector<std::pair<const LoraAdapter*, int64_t>> runs;
     for (size_t i = 0; i < batch.size(); ++i) {
-      const int64_t n = static_cast<int64_t>(batch[i].tokens.size());
-      const LoraAdapter* a = i < adapters.size() ? adapters[i].get() : nullptr;
-      int g = -1;
-      if (a != nullptr) {
-        auto it = group_of.find(a);
-        if (it == group_of.end()) {
-          it = group_of.emplace(a, static_cast<int>(groups_.size())).first;
-          groups_.push_back({a, RowSet()});
-          ranges.emplace_back();
-        }
-        g = it->second;
-        auto& rs = ranges[g];
-        if (!rs.empty() && rs.back().second == row) {
-          rs.back().second = row + n;
-        } else {
-          rs.emplace_back(row, row + n);
-        }
-      }
-      row_group_.insert(row_group_.end(), n, g);
-      row += n;
+      runs.emplace_back(i < adapters.size() ? adapters[i].get() : nullptr,
+                        static_cast<int64_t>(batch[i].tokens.size()));
     }
-    total_rows_ = row;
-    for (size_t g = 0; g < groups_.size(); ++g) groups_[g].rows = MakeRowSet(ranges[g]);
+    GroupRows(runs);
+  }
+
+  // The hooks of one head call: row i is the i-th selected position and `row_adapters[i]` its
+  // adapter; rows flagged in `no_undo` take no merged-adapter corrections.
+  BatchHooks(const LoraModel::State& state, const LoraKernel& kernel, const at::Device& device,
+             const std::vector<const LoraAdapter*>& row_adapters, std::vector<bool> no_undo)
+      : state_(state), kernel_(kernel), device_(device), no_undo_(std::move(no_undo)) {
+    std::vector<std::pair<const LoraAdapter*, int64_t>> runs;
+    for (const LoraAdapter* a : row_adapters) runs.emplace_back(a, 1);
+    GroupRows(runs);
   }
 
   at::Tensor OnLinear(const LinearModule& module, const at::Tensor& x, at::Tensor y) override {
     const int id = module.id;
     const auto& merged = state_.merged_by_linear[id];
-    std::vector<LoraSegment> segments;
-    // The linear's own bias in fp32, for DoRA segments (which work on y − bias); converted only
-    // when a DoRA segment needs it.
-    at::Tensor base_bias;
-    auto bb = [&]() -> const at::Tensor* {
-      if (!module.bias.defined()) return nullptr;
-      if (!base_bias.defined()) base_bias = module.bias.to(at::kFloat);
-      return &base_bias;
+    // Biases in fp32 for DoRA segments (which work on y − bias), converted only when one needs
+    // them: the served (possibly merged) bias, and the checkpoint's.
+    at::Tensor served_bias, checkpoint_bias;
+    auto fp32 = [](const at::Tensor& b, at::Tensor& cache) -> const at::Tensor* {
+      if (!b.defined()) return nullptr;
+      if (!cache.defined()) cache = b.to(at::kFloat);
+      return &cache;
     };
     // 1. Rows not belonging to a merged adapter X get X's effect removed (DoRA: its rescaling
-    //    undone first, so these come before every other segment on those rows).
+    //    undone against the served bias, so these come before every other segment on those rows).
     // bias="all" adapters: (rows, saved bias − checkpoint bias, sign) to add after the products.
+    std::vector<LoraSegment> segments;
     std::vector<std::tuple<const RowSet*, const at::Tensor*, double>> bias_adds;
     for (const LoraAdapter* mx : merged) {
       const LoraModule* m = mx->ForLinear(id);
@@ -162,35 +101,50 @@ class BatchHooks : public ForwardHooks {
         // y = g⊙(x(W+ΔW)ᵀ) + b  →  x(W+ΔW)ᵀ + b = (y − b)/g + b, then −ΔW.
         seg.kind = SegmentKind::kUndoDora;
         seg.dora_scale = &m->dora_scale;
-        seg.base_bias = bb();
+        seg.base_bias = fp32(module.bias, served_bias);
       }
       segments.push_back(seg);
     }
+    const size_t undo_count = segments.size();
     // 2. Each adapter's own LoRA product on its rows; DoRA ones last (y = b + g ⊙ (xWᵀ + s·xAᵀBᵀ)
-    //    from their base output).
+    //    with b the adapter's bias: its saved one, else the checkpoint's, which is what y holds
+    //    once the merged adapters are undone and the saved-bias differences added).
     std::vector<LoraSegment> dora;
     for (const Group& g : groups_) {
       if (IsMergedHere(merged, g.adapter)) continue;
-      if (g.adapter->SavedBias(id).defined()) bias_adds.emplace_back(&g.rows, &g.adapter->SavedBias(id), 1.0);
+      const at::Tensor& saved = g.adapter->SavedBias(id);
+      if (saved.defined()) bias_adds.emplace_back(&g.rows, &saved, 1.0);
       const LoraModule* m = g.adapter->ForLinear(id);
       if (m == nullptr) continue;
       LoraSegment seg{&g.rows, &m->a, &m->b, m->lora_bias.defined() ? &m->lora_bias : nullptr, m->scaling};
       if (m->is_dora()) {
         seg.kind = SegmentKind::kDora;
         seg.dora_scale = &m->dora_scale;
-        seg.base_bias = bb();
+        seg.base_bias = saved.defined() ? &saved : fp32(state_.original_bias[id], checkpoint_bias);
         dora.push_back(seg);
         continue;
       }
       segments.push_back(seg);
     }
     segments.insert(segments.end(), dora.begin(), dora.end());
-    if (!segments.empty()) kernel_.AddSegments(x, y, segments);
-    // 4. Saved biases replace the checkpoint's: add their difference on their rows.
-    for (const auto& [rows, saved, sign] : bias_adds) {
-      at::Tensor delta = (*saved - state_.original_bias[id].to(at::kFloat)) * sign;
-      Scatter(y, *rows, (Gather(y, *rows).to(at::kFloat) + delta).to(y.scalar_type()));
+    // 3. Saved biases replace the checkpoint's: their differences are added on their rows, after
+    //    the undo segments and before the DoRA ones (additive segments do not care).
+    auto add_biases = [&]() {
+      for (const auto& [rows, saved, sign] : bias_adds) {
+        at::Tensor delta = (*saved - state_.original_bias[id].to(at::kFloat)) * sign;
+        Scatter(y, *rows, (Gather(y, *rows).to(at::kFloat) + delta).to(y.scalar_type()));
+      }
+    };
+    if (!dora.empty() && !bias_adds.empty()) {
+      if (undo_count > 0) {
+        kernel_.AddSegments(x, y, std::vector<LoraSegment>(segments.begin(), segments.begin() + undo_count));
+      }
+      add_biases();
+      kernel_.AddSegments(x, y, std::vector<LoraSegment>(segments.begin() + undo_count, segments.end()));
+      return y;
     }
+    if (!segments.empty()) kernel_.AddSegments(x, y, segments);
+    add_biases();
     return y;
   }
 
@@ -221,22 +175,36 @@ class BatchHooks : public ForwardHooks {
     std::map<const at::Tensor*, std::vector<int64_t>> by_head;
     at::Tensor rows_cpu = rows.to(at::kCPU);
     const int64_t* r = rows_cpu.data_ptr<int64_t>();
-    for (int64_t i = 0; i < rows_cpu.size(0); ++i) {
+    const int64_t n = rows_cpu.size(0);
+    std::vector<const LoraAdapter*> row_adapters(n, nullptr);
+    std::vector<bool> replaced(n, false);
+    for (int64_t i = 0; i < n; ++i) {
       const int g = row_group_[r[i]];
       const LoraAdapter* a = g >= 0 ? groups_[g].adapter : nullptr;
+      row_adapters[i] = a;
       const at::Tensor* head = nullptr;
       if (a != nullptr && a->head().defined()) {
         if (a != state_.merged_head) head = &a->head();
       } else if (state_.merged_head != nullptr) {
         head = &state_.original_head;
       }
+      replaced[i] = head != nullptr || (a != nullptr && a == state_.merged_head);
       if (head != nullptr) by_head[head].push_back(i);
     }
     for (const auto& [head, sel] : by_head) {
       at::Tensor idx = at::tensor(at::ArrayRef<int64_t>(sel), at::kLong).to(logits.device());
       logits.index_copy_(0, idx, at::linear(hidden.index_select(0, idx), *head));
     }
-    return logits;
+    // LoRA on lm_head itself: the head is a linear like the others, run here on the selected rows
+    // only (rows with a replaced head tensor take no merged-adapter corrections).
+    const int hid = state_.head_id;
+    bool head_lora = !state_.merged_by_linear[hid].empty();
+    for (const Group& g : groups_) head_lora = head_lora || g.adapter->ForLinear(hid) != nullptr;
+    if (!head_lora) return logits;
+    LinearModule head;
+    head.id = hid;
+    BatchHooks selected(state_, kernel_, device_, row_adapters, std::move(replaced));
+    return selected.OnLinear(head, hidden, logits);
   }
 
  private:
@@ -265,6 +233,35 @@ class BatchHooks : public ForwardHooks {
     return rs;
   }
 
+  // Groups consecutive row runs (adapter, row count) by adapter.
+  void GroupRows(const std::vector<std::pair<const LoraAdapter*, int64_t>>& runs) {
+    std::map<const LoraAdapter*, int> group_of;
+    std::vector<std::vector<std::pair<int64_t, int64_t>>> ranges;
+    int64_t row = 0;
+    for (const auto& [a, n] : runs) {
+      int g = -1;
+      if (a != nullptr) {
+        auto it = group_of.find(a);
+        if (it == group_of.end()) {
+          it = group_of.emplace(a, static_cast<int>(groups_.size())).first;
+          groups_.push_back({a, RowSet()});
+          ranges.emplace_back();
+        }
+        g = it->second;
+        auto& rs = ranges[g];
+        if (!rs.empty() && rs.back().second == row) {
+          rs.back().second = row + n;
+        } else {
+          rs.emplace_back(row, row + n);
+        }
+      }
+      row_group_.insert(row_group_.end(), n, g);
+      row += n;
+    }
+    total_rows_ = row;
+    for (size_t g = 0; g < groups_.size(); ++g) groups_[g].rows = MakeRowSet(ranges[g]);
+  }
+
   // Rows whose adapter is not `a` (cached per adapter).
   const RowSet& RowsNotOf(const LoraAdapter* a) {
     auto it = not_of_.find(a);
@@ -272,7 +269,7 @@ class BatchHooks : public ForwardHooks {
     std::vector<std::pair<int64_t, int64_t>> ranges;
     for (int64_t i = 0; i < total_rows_; ++i) {
       const int g = row_group_[i];
-      if (g >= 0 && groups_[g].adapter == a) continue;
+      if ((g >= 0 && groups_[g].adapter == a) || (!no_undo_.empty() && no_undo_[i])) continue;
       if (!ranges.empty() && ranges.back().second == i) {
         ranges.back().second = i + 1;
       } else {
@@ -297,12 +294,16 @@ class BatchHooks : public ForwardHooks {
     }
   }
 
-  // y[rows] += sign · s · A_e[:, ids[rows]]ᵀ · B_eᵀ
+  // y[rows] += sign · s · A_e[:, ids[rows]]ᵀ · B_eᵀ. DoRA (g = dora_scale, per hidden dimension):
+  // an adapter's own rows get y = g ⊙ (y + s·…), a merged adapter's undo y = y / g − s·….
   void AddEmbeddingLora(const LoraModule& m, const at::Tensor& ids, const RowSet& rows, double sign,
                         at::Tensor& y) {
     at::Tensor after_a = at::embedding(m.a.t(), Gather(ids, rows));  // [n, r]
-    at::Tensor d = at::mm(after_a, m.b.t()) * (sign * m.scaling);
-    Scatter(y, rows, (Gather(y, rows).to(at::kFloat) + d).to(y.scalar_type()));
+    at::Tensor v = Gather(y, rows).to(at::kFloat);
+    if (m.is_dora() && sign < 0) v = v / m.dora_scale;
+    v = v + at::mm(after_a, m.b.t()) * (sign * m.scaling);
+    if (m.is_dora() && sign > 0) v = v * m.dora_scale;
+    Scatter(y, rows, v.to(y.scalar_type()));
   }
 
   const LoraModel::State& state_;
@@ -313,6 +314,7 @@ class BatchHooks : public ForwardHooks {
   int64_t total_rows_ = 0;
   std::map<const LoraAdapter*, RowSet> not_of_;
   const at::Device device_;  // the model's: row index tensors live there
+  std::vector<bool> no_undo_;  // head calls: rows that RowsNotOf leaves out
 };
 
 }  // namespace
@@ -362,14 +364,22 @@ absl::StatusOr<at::Tensor> LoraModel::Score(absl::Span<const int32_t> tokens,
   // The hooks only need the batch's shape: one sequence of tokens.size() rows.
   const SequenceInput shape{0, std::vector<int32_t>(tokens.begin(), tokens.end())};
   auto hooks = MakeHooks(absl::MakeConstSpan(&shape, 1), {adapter});
-  return model_->Score(tokens, hooks.get());
+  LORASERVE_ASSIGN_OR_RETURN(at::Tensor logits, model_->Score(tokens, hooks.get()));
+  // Never hand out NaN/Inf logits (an adapter whose products overflow at run time): this request
+  // fails, nothing else does.
+  if (!AllFinite(logits)) {
+    return absl::InternalError(absl::StrCat(
+        "the model produced non-finite logits for ", adapter ? "adapter " + adapter->name() : "the base model",
+        " (its products overflow float on this input)"));
+  }
+  return logits;
 }
 
 at::Tensor LoraModel::BaseWeight(int id) const { return state_->original_weight.at(id); }
 
 std::function<at::Tensor(int)> LoraModel::BaseWeightFn() const {
   const State* s = state_.get();
-  return [s](int id) { return s->original_weight.at(id); };
+  return [s](int id) { return id < 0 ? s->original_embed : s->original_weight.at(id); };
 }
 
 bool LoraModel::IsMerged(const std::string& name) const {
@@ -385,34 +395,21 @@ std::vector<std::string> LoraModel::MergedNames() const {
   return out;
 }
 
-namespace {
-
-// Adapters of `list` that touch linear `id` (LoRA weights or a saved bias), in order.
-std::vector<const LoraAdapter*> Touching(const std::vector<std::shared_ptr<const LoraAdapter>>& list,
-                                         int id) {
-  std::vector<const LoraAdapter*> out;
-  for (const auto& a : list) {
-    if (a->ForLinear(id) != nullptr || a->SavedBias(id).defined()) out.push_back(a.get());
-  }
-  return out;
-}
-
-std::vector<const LoraAdapter*> WithEmbedding(const std::vector<std::shared_ptr<const LoraAdapter>>& list) {
-  std::vector<const LoraAdapter*> out;
-  for (const auto& a : list) {
-    if (a->embedding() != nullptr) out.push_back(a.get());
-  }
-  return out;
-}
-
-}  // namespace
-
 absl::StatusOr<bool> LoraModel::Merge(std::shared_ptr<const LoraAdapter> adapter) {
   if (adapter == nullptr) return absl::InvalidArgumentError("no adapter to merge");
   if (IsMerged(adapter->name())) return false;
   State& s = *state_;
   for (const LoraModule& m : adapter->modules()) {
-    if (m.is_embedding()) continue;
+    if (m.is_embedding()) {
+      for (const LoraAdapter* other : s.merged_embedding) {
+        if (m.is_dora() || other->embedding()->is_dora()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "cannot merge ", adapter->name(), ": the embedding is already merged with ", other->name(),
+              " and one of them is DoRA (unmerge ", other->name(), " first)"));
+        }
+      }
+      continue;
+    }
     for (const LoraAdapter* other : s.merged_by_linear[m.linear_id]) {
       const LoraModule* om = other->ForLinear(m.linear_id);
       if (m.is_dora() || (om != nullptr && om->is_dora())) {
@@ -523,7 +520,8 @@ absl::Status LoraModel::ExportMerged(const std::vector<std::shared_ptr<const Lor
     }
     heads += a->head().defined() ? 1 : 0;
     for (const LoraModule& m : a->modules()) {
-      if (!m.is_embedding() && m.is_dora() && Touching(adapters, m.linear_id).size() > 1) {
+      const size_t sharing = m.is_embedding() ? WithEmbedding(adapters).size() : Touching(adapters, m.linear_id).size();
+      if (m.is_dora() && sharing > 1) {
         return absl::FailedPreconditionError(absl::StrCat("module ", m.name, " is shared by a DoRA adapter and another adapter"));
       }
     }
@@ -537,6 +535,15 @@ absl::Status LoraModel::ExportMerged(const std::vector<std::shared_ptr<const Lor
     at::Tensor head = s.original_head;
     for (const auto& a : adapters) {
       if (a->head().defined()) head = a->head();
+    }
+    if (head.is_same(s.original_head)) {  // LoRA on lm_head itself
+      auto [w, b] = ComposeLinear(s.original_head, at::Tensor(), s.head_id, Touching(adapters, s.head_id));
+      if (b.defined()) {
+        return absl::FailedPreconditionError(
+            "lora_bias on lm_head cannot be exported: a Hugging Face Llama head has no bias");
+      }
+      if (!AllFinite(w)) return absl::InvalidArgumentError("merged lm_head contains NaN/Inf");
+      head = w;
     }
     // Norms never change; every linear is recomputed from the checkpoint.
     for (auto& [name, t] : model_->NormWeights()) tensors.emplace_back(name, t);

@@ -47,7 +47,8 @@ class LoraModel {
   absl::StatusOr<at::Tensor> Score(absl::Span<const int32_t> tokens,
                                    const std::shared_ptr<const LoraAdapter>& adapter) const;
 
-  // The checkpoint's weight of linear `id` (never a merged one).
+  // The checkpoint's weight of linear `id` (never a merged one); BaseWeightFn's function also
+  // gives the checkpoint's embedding for id -1.
   at::Tensor BaseWeight(int id) const;
   std::function<at::Tensor(int)> BaseWeightFn() const;
 

@@ -490,7 +490,7 @@ absl::StatusOr<at::Tensor> Model::Forward(absl::Span<const SequenceInput> batch,
     }
     at::Tensor hidden = RmsNorm(x, final_norm_);
     const LinearModule& head = linears_.back();
-    at::Tensor logits = at::linear(hidden, head.weight);
+    at::Tensor logits = at::linear(hidden, head.weight, head.bias);  // a bias only from a merged lora_bias
     if (hooks != nullptr) logits = hooks->OnHead(hidden, rows, logits);
     return logits.to(at::kFloat);
   });

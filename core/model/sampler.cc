@@ -104,14 +104,15 @@ absl::StatusOr<SampledToken> Sampler::Sample(const at::Tensor& logits) {
   for (int32_t i = 0; i < n; ++i) {
     const float v = l[i];
     if (std::isnan(v) || v == std::numeric_limits<float>::infinity()) {
-      return absl::InvalidArgumentError(absl::StrCat("logit ", i, " is ", v));
+      // The model's output, not the request: the request fails as an internal error.
+      return absl::InternalError(absl::StrCat("the model produced non-finite logits (logit ", i, " is ", v, ")"));
     }
     if (v > max) {
       max = v;
       argmax = i;
     }
   }
-  if (argmax < 0) return absl::InvalidArgumentError("every logit is -inf");
+  if (argmax < 0) return absl::InternalError("the model produced non-finite logits (every logit is -inf)");
 
   SampledToken out;
   if (temperature_ == 0) {

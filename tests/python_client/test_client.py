@@ -95,6 +95,38 @@ def test_adapter_lifecycle(client):
     assert client.unload_all() == 3
 
 
+def test_hostile_adapters_are_refused_by_name(client):
+    """Issue 14: lora_alpha 1e308 (and a NaN weight) must fail the upload with INVALID_ARGUMENT
+    naming the field, not load and then answer NaN logits."""
+    import json
+    import shutil
+    import struct
+    src = os.path.join(ADAPTER_ROOT, "demo-qv")
+    with tempfile.TemporaryDirectory() as work:
+        huge = os.path.join(work, "huge")
+        shutil.copytree(src, huge)
+        with open(os.path.join(huge, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        cfg["lora_alpha"] = 1e308
+        with open(os.path.join(huge, "adapter_config.json"), "w") as f:
+            json.dump(cfg, f)
+        with pytest.raises(loraserve.Error) as e:
+            client.upload_adapter("huge", huge)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "lora_alpha" in e.value.message
+        # A NaN in the first float32 of the weights file (safetensors: 8-byte header length, header).
+        nan = os.path.join(work, "nan")
+        shutil.copytree(src, nan)
+        path = os.path.join(nan, "adapter_model.safetensors")
+        with open(path, "r+b") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + n)
+            f.write(struct.pack("<f", float("nan")))
+        with pytest.raises(loraserve.Error) as e:
+            client.upload_adapter("nan", nan)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "NaN or Inf" in e.value.message
+    assert not {a.name for a in client.list_adapters()} & {"huge", "nan"}
+
+
 def test_errors_carry_code_and_request_id(client):
     with pytest.raises(loraserve.Error) as e:
         client.get_adapter("no-such-adapter")

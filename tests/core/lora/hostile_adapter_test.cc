@@ -122,5 +122,18 @@ TEST_F(HostileAdapterTest, DoraWithAZeroWeightNormIsRefused) {
                                 AllOf(HasSubstr("q_proj"), HasSubstr("DoRA scale contains NaN or Inf"))));
 }
 
+TEST_F(HostileAdapterTest, RunTimeOverflowFailsThatRequestInsteadOfReturningNaN) {
+  // Each delta is under the load-time bound (gain ~1e26), but gate·up multiplies two of them:
+  // inf in the MLP, NaN after down_proj. Score fails with Internal; the base still scores.
+  cfg_.target_list = {"gate_proj", "up_proj"};
+  cfg_.lora_alpha = 4e22;  // scaling 1e22
+  ASSERT_OK_AND_ASSIGN(auto a, Load(Weights(1.0, 1.0)));
+  const std::vector<int32_t> ids = {1, 74, 87, 181, 61};
+  EXPECT_THAT(lora_->Score(ids, a), StatusIs(absl::StatusCode::kInternal,
+                                             AllOf(HasSubstr("non-finite logits"), HasSubstr("hostile"))));
+  ASSERT_OK_AND_ASSIGN(at::Tensor base, lora_->Score(ids, nullptr));
+  EXPECT_TRUE(at::isfinite(base).all().item<bool>());
+}
+
 }  // namespace
 }  // namespace loraserve::core

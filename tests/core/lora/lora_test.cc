@@ -201,7 +201,12 @@ TEST_F(LoraFixtureTest, PeftMixedBatchesReproduced) {
     int64_t off = 0;
     for (size_t r = 0; r < batch.size(); ++r) {
       const int64_t n = static_cast<int64_t>(batch[r].tokens.size());
-      EXPECT_LE(Excess(all.narrow(0, off, n), c.expected.at("logits.row" + std::to_string(r))), c.atol) << "row " << r;
+      // A row's bound is its adapter case's recommended atol where that is looser (1e-3 for the
+      // deliberately strong all_linear_r8_rslora: OpenBLAS kernels other than the CI machines'
+      // put its mixed-batch row at ~1.5e-4).
+      const std::string row = c.json["adapter_names_per_row"][r].get<std::string>();
+      const double atol = row == "__base__" ? c.atol : std::max(c.atol, LoadCase(row).atol);
+      EXPECT_LE(Excess(all.narrow(0, off, n), c.expected.at("logits.row" + std::to_string(r))), atol) << "row " << r;
       off += n;
     }
   }
