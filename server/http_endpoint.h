@@ -31,6 +31,10 @@ struct HttpOptions {
   int64_t max_request_bytes = 64 << 10;   // larger bodies get 413 (headers: 8 KiB per line)
   absl::Duration timeout = absl::Seconds(5);  // per read / write; an idle client is cut off
   int keep_alive_max_requests = 100;      // requests per connection before it is closed
+  // A non-streaming OpenAI completion still running after this long answers 200 and then sends a
+  // space (JSON allows leading whitespace) each period until its body, so that a client that has
+  // gone is noticed and its request cancelled; a failure after that comes as OpenAI error JSON.
+  absl::Duration completion_heartbeat = absl::Seconds(1);
 };
 
 class HttpEndpoint {

@@ -50,6 +50,10 @@ ABSL_FLAG(absl::Duration, http_timeout, absl::Seconds(5),
           "longest wait for each read or write of an HTTP request; a client idle that long is "
           "disconnected");
 ABSL_FLAG(int, http_keep_alive_max_requests, 100, "HTTP requests per connection before it is closed");
+ABSL_FLAG(absl::Duration, http_completion_heartbeat, absl::Seconds(1),
+          "a non-streaming /v1/completions still running after this long answers 200 and sends a "
+          "space every period until its JSON body, so a client that disconnects cancels its request "
+          "(a failure after that point comes as OpenAI error JSON in the 200 body)");
 ABSL_FLAG(std::string, adapter_root, "",
           "directory that LoadAdapter paths are relative to (paths escaping it are refused); "
           "empty = LoadAdapter is refused, UploadAdapter still works");
@@ -189,6 +193,7 @@ int main(int argc, char** argv) {
   options.http.max_request_bytes = absl::GetFlag(FLAGS_http_max_request_bytes);
   options.http.timeout = absl::GetFlag(FLAGS_http_timeout);
   options.http.keep_alive_max_requests = absl::GetFlag(FLAGS_http_keep_alive_max_requests);
+  options.http.completion_heartbeat = absl::GetFlag(FLAGS_http_completion_heartbeat);
   options.adapter_root = absl::GetFlag(FLAGS_adapter_root);
   options.upload_dir = absl::GetFlag(FLAGS_upload_dir);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);

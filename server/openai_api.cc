@@ -384,22 +384,48 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
   };
 
   if (!c.stream) {
-    std::vector<core::TokenEvent> events;
-    absl::StatusOr<core::GenerationResult> result = absl::UnknownError("");
-    core::RequestStats stats;
+    // The whole answer, or the error (status and OpenAI error JSON), once generation is done.
+    auto answer = [pending, engine, c, choice, envelope]() -> std::pair<absl::Status, std::string> {
+      absl::MutexLock lock(&pending->mu);
+      if (!pending->result.ok()) return {pending->result.status(), ""};
+      const std::string prefix = c.echo ? c.prompt_text : "";
+      const std::vector<core::TokenEvent> events(pending->events.begin(), pending->events.end());
+      Json logprobs = c.logprobs >= 0 ? LogprobsOf(events, prefix.size(), *engine) : Json(nullptr);
+      Json out = envelope(Json::array(
+          {choice(prefix + pending->result->text, logprobs, FinishReasonOf(pending->result->finish_reason))}));
+      out["usage"] = UsageOf(pending->stats);
+      return {absl::OkStatus(), out.dump() + "\n"};
+    };
+    bool done;
     {
       absl::MutexLock lock(&pending->mu);
-      pending->mu.Await(absl::Condition(+[](bool* done) { return *done; }, &pending->done));
-      events.assign(pending->events.begin(), pending->events.end());
-      result = pending->result;
-      stats = pending->stats;
+      done = pending->mu.AwaitWithTimeout(absl::Condition(+[](bool* d) { return *d; }, &pending->done), heartbeat_);
     }
-    if (!result.ok()) return fail(result.status(), "", c.model);
-    const std::string prefix = c.echo ? c.prompt_text : "";
-    Json logprobs = c.logprobs >= 0 ? LogprobsOf(events, prefix.size(), *engine) : Json(nullptr);
-    Json out = envelope(Json::array({choice(prefix + result->text, logprobs, FinishReasonOf(result->finish_reason))}));
-    out["usage"] = UsageOf(stats);
-    return finish(HttpEndpoint::Reply(200, out.dump() + "\n", "application/json"), absl::StatusCode::kOk, c.model);
+    if (done) {
+      auto [status, text] = answer();
+      if (!status.ok()) return fail(status, "", c.model);
+      return finish(HttpEndpoint::Reply(200, std::move(text), "application/json"), absl::StatusCode::kOk, c.model);
+    }
+    // Still running: 200 now, a space per heartbeat (a write to a client that has gone fails, and
+    // the request is cancelled), then the body.
+    Response r;
+    r.content_type = "application/json";
+    std::shared_ptr<core::RequestHandle> h = *handle;
+    r.stream = [pending, h, answer, heartbeat = heartbeat_](const HttpEndpoint::Writer& write) {
+      for (;;) {
+        {
+          absl::MutexLock lock(&pending->mu);
+          if (pending->mu.AwaitWithTimeout(absl::Condition(+[](bool* d) { return *d; }, &pending->done), heartbeat)) break;
+        }
+        if (!write(" ")) {
+          h->Cancel();  // the client has gone
+          return;
+        }
+      }
+      auto [status, text] = answer();
+      write(status.ok() ? text : ErrorOf(status).body);
+    };
+    return finish(std::move(r), absl::StatusCode::kOk, c.model);
   }
 
   Response r;

@@ -12,8 +12,9 @@
 // Errors come in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the HTTP
 // status of the failure: 400 bad input (malformed JSON, wrong types, unknown or unsupported
 // fields), 401 missing or unknown token, 404 unknown model, 429 queue full (with retry-after-ms),
-// 503 starting or draining, 500 otherwise. A streaming client that disconnects cancels its
-// request at the next engine step.
+// 503 starting or draining, 500 otherwise. A client that disconnects cancels its request: a
+// streaming one at the next token, a non-streaming one at the next heartbeat (HttpOptions::
+// completion_heartbeat: after that long it answers 200 and sends spaces until its body).
 //
 // Each request holds one HTTP thread until it finishes (--http_threads bounds how many OpenAI
 // requests run at once). Thread-safe.
@@ -28,7 +29,8 @@ struct ServiceEnv;
 
 class OpenAiApi {
  public:
-  explicit OpenAiApi(ServiceEnv* env) : env_(env) {}
+  // `heartbeat`: HttpOptions::completion_heartbeat.
+  OpenAiApi(ServiceEnv* env, absl::Duration heartbeat) : env_(env), heartbeat_(heartbeat) {}
   // Adds the /v1 routes to `http` (before it starts).
   void Register(HttpEndpoint* http);
 
@@ -39,6 +41,7 @@ class OpenAiApi {
   HttpEndpoint::Response UnloadLora(const HttpEndpoint::Request& request);
 
   ServiceEnv* const env_;
+  const absl::Duration heartbeat_;
 };
 
 }  // namespace loraserve::server

@@ -98,7 +98,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       return HttpEndpoint::Reply(
           503, self->env_->engine.draining() ? "not ready: draining\n" : "not ready: loading the model\n");
     });
-    s->openai_ = std::make_unique<OpenAiApi>(s->env_.get());
+    s->openai_ = std::make_unique<OpenAiApi>(s->env_.get(), options.http.completion_heartbeat);
     s->openai_->Register(s->http_.get());
     absl::Status m = s->http_->Start(options.metrics_listen);
     if (!m.ok()) return absl::InvalidArgumentError(absl::StrCat("metrics endpoint: ", m.message()));

@@ -227,6 +227,37 @@ def test_stream_disconnect_cancels(port, base):
     check(generated < 240, f"cancelled after {generated} of 480 tokens")
 
 
+def test_nonstream_heartbeat_and_disconnect(client, port, base):
+    """A non-streaming completion longer than --http_completion_heartbeat (20 ms here): 200, spaces,
+    then the JSON body (the openai package parses it); a client that goes away cancels it."""
+    r = client.completions.create(model=base, prompt="Once upon a time", max_tokens=400, temperature=1,
+                                  seed=3, extra_body={"ignore_eos": True})
+    check(r.usage.completion_tokens == 400 and r.choices[0].finish_reason == "length",
+          f"long non-streaming completion: {r.usage}")
+    body = json.dumps({"model": base, "prompt": "Once upon a time", "max_tokens": 400, "temperature": 1,
+                       "seed": 3, "ignore_eos": True})
+    status, _, raw = http(port, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    check(status == 200 and raw.startswith(b" ") and json.loads(raw)["usage"]["completion_tokens"] == 400,
+          f"heartbeat body: {status} {raw[:40]!r}")
+    labels = {"adapter": "__base__"}
+    before_requests = metric(port, "loraserve_adapter_requests_total", labels)
+    before_tokens = metric(port, "loraserve_generated_tokens_total", labels)
+    conn = HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"model": base, "prompt": "Once upon a time", "max_tokens": 480, "temperature": 1,
+                       "seed": 1, "ignore_eos": True})
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()  # the status comes with the first heartbeat
+    check(resp.status == 200, f"non-streaming status {resp.status}")
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.time() + 20
+    while metric(port, "loraserve_adapter_requests_total", labels) == before_requests and time.time() < deadline:
+        time.sleep(0.05)
+    check(metric(port, "loraserve_adapter_requests_total", labels) == before_requests + 1, "the request ended")
+    generated = metric(port, "loraserve_generated_tokens_total", labels) - before_tokens
+    check(generated < 240, f"non-streaming request cancelled after {generated} of 480 tokens")
+
+
 def test_vllm_adapter_routes(client, port, base, adapter_root):
     """vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, and the chat-completions 400."""
     def post(path, doc):
@@ -290,7 +321,8 @@ def main():
         parser.add_argument("--" + name, required=True)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        server = LoraserveProcess(args.loraserve, args.model, args.adapter_root, workdir, failure=AssertionError)
+        server = LoraserveProcess(args.loraserve, args.model, args.adapter_root, workdir, failure=AssertionError,
+                                  extra=["--http_completion_heartbeat=20ms"])
         try:
             adapter = "demo-qv"
             subprocess.run([args.loractl, "--addr", server.addr, "adapters", "load", adapter, adapter],
@@ -302,6 +334,7 @@ def main():
             test_errors(client, server.metrics_port, base)
             test_vllm_adapter_routes(client, server.metrics_port, base, args.adapter_root)
             test_stream_disconnect_cancels(server.metrics_port, base)
+            test_nonstream_heartbeat_and_disconnect(client, server.metrics_port, base)
             test_random_bad_bodies(server.metrics_port, base)
         finally:
             check(server.stop() == 0, "server exits 0 on SIGTERM")
