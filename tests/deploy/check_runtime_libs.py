@@ -27,6 +27,19 @@ def installed():
     return pkgs, provides, base
 
 
+def file_owners():
+    """path -> package, from dpkg's file lists (what `dpkg -S` reads; one pass instead of one
+    dpkg run per library). /lib and /usr/lib are the same directory on Debian 12 (merged /usr)."""
+    owners = {}
+    info = "/var/lib/dpkg/info"
+    for name in os.listdir(info):
+        if name.endswith(".list"):
+            with open(os.path.join(info, name), errors="replace") as f:
+                for path in f:
+                    owners.setdefault(path.rstrip("\n"), name[:-5].split(":")[0])
+    return owners
+
+
 def closure(roots, pkgs, provides):
     seen, todo = set(), list(roots)
     while todo:
@@ -58,12 +71,12 @@ def main():
             m = re.search(r"=> (/\S+)", line)
             if m:
                 libs.add(m.group(1))
+    owners = file_owners()
     for lib in sorted(libs):
         owner = None
-        for path in (lib, os.path.realpath(lib)):
-            r = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True)
-            if r.returncode == 0:
-                owner = r.stdout.split(":")[0].strip()
+        for path in (lib, os.path.realpath(lib), "/usr" + lib, os.path.realpath(lib).replace("/usr/", "/", 1)):
+            if path in owners:
+                owner = owners[path]
                 break
         if owner is None or owner not in have:
             bad.append(f"{lib} ({owner or 'no package'})")
