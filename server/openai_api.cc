@@ -236,6 +236,72 @@ absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engin
 }
 
 // One request's events, filled by the engine thread and read by the HTTP thread.
+// A /v1/chat/completions body as the /v1/completions body it runs as: the messages rendered by the
+// model's chat template and tokenized (special tokens parsed, none added: the template has them),
+// the sampling fields passed through. Chat-only fields that are not supported yet are a 400.
+absl::StatusOr<Json> ChatAsCompletion(const Json& body, core::Engine& engine, std::string* param) {
+  if (!body.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");
+  static const char* const kPassed[] = {"model", "max_tokens", "temperature", "top_p", "stop", "seed", "stream",
+                                        "stream_options", "n", "presence_penalty", "frequency_penalty",
+                                        "logit_bias", "user", "ignore_eos"};
+  auto bad = [param](const char* field, const std::string& message) {
+    *param = field;
+    return absl::InvalidArgumentError(message);
+  };
+  Json out = Json::object();
+  for (const auto& [key, value] : body.items()) {
+    if (std::find(std::begin(kPassed), std::end(kPassed), key) != std::end(kPassed)) {
+      out[key] = value;
+    } else if (key == "max_completion_tokens") {
+      if (!value.is_null()) out["max_tokens"] = value;
+    } else if (key == "logprobs" || key == "top_logprobs") {
+      if (!value.is_null() && value != Json(false)) {
+        return bad(key == "logprobs" ? "logprobs" : "top_logprobs", "log-probabilities are not supported for chat completions yet");
+      }
+    } else if (key != "messages") {
+      *param = key;
+      return absl::InvalidArgumentError(absl::StrCat("Unrecognized request argument supplied: ", key));
+    }
+  }
+  if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty()) {
+    return bad("messages", "'messages' is required: a non-empty list of {role, content}");
+  }
+  Json messages = Json::array();
+  for (const Json& m : body["messages"]) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
+      return bad("messages", "each message must be an object with a string 'role'");
+    }
+    std::string content;
+    const Json c = m.value("content", Json());
+    if (c.is_string()) {
+      content = c.get<std::string>();
+    } else if (c.is_array()) {  // content parts: only text
+      for (const Json& part : c) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+          return bad("messages", "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported");
+        }
+        content += part["text"].get<std::string>();
+      }
+    } else if (!c.is_null()) {
+      return bad("messages", "a message's 'content' must be a string or a list of text parts");
+    }
+    messages.push_back(Json{{"role", m["role"]}, {"content", content}});
+  }
+  absl::StatusOr<std::string> text = engine.ApplyChatTemplate(messages, /*add_generation_prompt=*/true);
+  if (!text.ok()) {
+    *param = "messages";
+    return text.status();
+  }
+  std::vector<int32_t> ids = engine.Tokenize(*text, /*add_special_tokens=*/false, /*parse_special=*/true);
+  if (ids.empty()) return bad("messages", "the chat template rendered an empty prompt");
+  out["prompt"] = ids;
+  // OpenAI's chat default: as many tokens as the context leaves.
+  if (!out.contains("max_tokens") || out["max_tokens"].is_null()) {
+    out["max_tokens"] = std::max<int64_t>(1, engine.max_context() - static_cast<int64_t>(ids.size()));
+  }
+  return out;
+}
+
 struct Pending {
   absl::Mutex mu;
   std::deque<core::TokenEvent> events ABSL_GUARDED_BY(mu);
@@ -281,15 +347,10 @@ std::string Sse(const Json& j) { return absl::StrCat("data: ", j.dump(), "\n\n")
 
 void OpenAiApi::Register(HttpEndpoint* http) {
   http->Route("GET", "/v1/models", [this](const Request& r) { return Models(r); });
-  http->Route("POST", "/v1/completions", [this](const Request& r) { return Completions(r); });
+  http->Route("POST", "/v1/completions", [this](const Request& r) { return Completions(r, /*chat=*/false); });
   http->Route("POST", "/v1/load_lora_adapter", [this](const Request& r) { return LoadLora(r); });
   http->Route("POST", "/v1/unload_lora_adapter", [this](const Request& r) { return UnloadLora(r); });
-  http->Route("POST", "/v1/chat/completions", [](const Request&) {
-    return Error(400,
-                 "chat completions are not supported yet (this server does not render chat templates); "
-                 "use /v1/completions with the prompt formatted by the caller",
-                 "messages", "chat_not_supported");
-  });
+  http->Route("POST", "/v1/chat/completions", [this](const Request& r) { return Completions(r, /*chat=*/true); });
 }
 
 HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
@@ -313,13 +374,14 @@ HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
   return HttpEndpoint::Reply(200, Json{{"object", "list"}, {"data", data}}.dump() + "\n", "application/json");
 }
 
-HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
+HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat) {
   const absl::Time start = absl::Now();
   std::string request_id = request.header(kRequestIdKey);
   if (request_id.empty() || request_id.size() > 128) request_id = NewCompletionId();
-  auto finish = [this, start, request_id](Response r, absl::StatusCode code, const std::string& model) {
-    env_->metrics->RecordRpc("OpenAI.Completions", code, absl::Now() - start);
-    env_->logger.Log(absl::StrCat("event=http_request path=/v1/completions status=", r.status,
+  auto finish = [this, start, request_id, chat](Response r, absl::StatusCode code, const std::string& model) {
+    env_->metrics->RecordRpc(chat ? "OpenAI.ChatCompletions" : "OpenAI.Completions", code, absl::Now() - start);
+    env_->logger.Log(absl::StrCat("event=http_request path=", chat ? "/v1/chat/completions" : "/v1/completions",
+                                  " status=", r.status,
                                   " request_id=", LogValue(request_id), " model=", LogValue(model),
                                   " ms=", absl::ToInt64Milliseconds(absl::Now() - start)));
     r.headers[kRequestIdKey] = request_id;
@@ -329,6 +391,9 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
     Response r = ErrorOf(s, param);
     if (s.code() == absl::StatusCode::kNotFound && param == "model") {
       r = Error(404, std::string(s.message()), "model", "model_not_found");
+    }
+    if (s.code() == absl::StatusCode::kFailedPrecondition && param == "messages") {
+      r = Error(400, std::string(s.message()), "messages", "chat_template_missing");
     }
     if (s.code() == absl::StatusCode::kResourceExhausted) {
       r.headers[kRetryAfterKey] = std::to_string(absl::ToInt64Milliseconds(env_->metrics->RetryAfterHint()));
@@ -342,6 +407,11 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
   Json body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return fail(absl::InvalidArgumentError("the request body is not valid JSON"));
   std::string param;
+  if (chat) {
+    absl::StatusOr<Json> as_completion = ChatAsCompletion(body, *engine, &param);
+    if (!as_completion.ok()) return fail(as_completion.status(), param);
+    body = *std::move(as_completion);
+  }
   absl::StatusOr<Completion> parsed = ParseCompletion(body, *engine, &param);
   if (!parsed.ok()) return fail(parsed.status(), param);
   Completion c = *std::move(parsed);
@@ -370,13 +440,21 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request) {
   if (!handle.ok()) return fail(handle.status(), "", c.model);
 
   const int64_t created = absl::ToUnixSeconds(absl::Now());
-  auto choice = [](std::string text, Json logprobs, Json finish_reason) {
-    return Json{{"text", std::move(text)}, {"index", 0}, {"logprobs", std::move(logprobs)},
+  // Chat: an assistant message (streamed as deltas; the last chunk's delta is empty).
+  auto choice = [chat, stream = c.stream](std::string text, Json logprobs, Json finish_reason) {
+    if (!chat) {
+      return Json{{"text", std::move(text)}, {"index", 0}, {"logprobs", std::move(logprobs)},
+                  {"finish_reason", std::move(finish_reason)}};
+    }
+    Json message = Json::object();
+    if (!stream || !text.empty() || finish_reason.is_null()) message = {{"role", "assistant"}, {"content", std::move(text)}};
+    return Json{{"index", 0}, {stream ? "delta" : "message", std::move(message)}, {"logprobs", nullptr},
                 {"finish_reason", std::move(finish_reason)}};
   };
   // Copied into the stream below, which outlives this function: captures by value only.
-  auto envelope = [request_id, created, model = c.model](Json choices) {
-    return Json{{"id", request_id}, {"object", "text_completion"}, {"created", created},
+  auto envelope = [request_id, created, model = c.model,
+                   object = chat ? (c.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion"](Json choices) {
+    return Json{{"id", request_id}, {"object", object}, {"created", created},
                 {"model", model}, {"choices", std::move(choices)}};
   };
   auto has_event_or_done = [pending]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(pending->mu) {

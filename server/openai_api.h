@@ -8,7 +8,10 @@
 //   POST /v1/load_lora_adapter, /v1/unload_lora_adapter   vLLM's shapes ({"lora_name",
 //                          "lora_path"}); the path must lie under --adapter_root (relative to it,
 //                          or absolute inside it); the same book-keeping as gRPC Load/DeleteAdapter
-//   POST /v1/chat/completions   400 chat_not_supported: chat templates are not rendered yet
+//   POST /v1/chat/completions   messages rendered by the model's chat template (chat_template.jinja
+//                          or tokenizer_config.json; 400 when it has none), then as a completion
+//                          (same sampling fields, max_completion_tokens, streaming deltas);
+//                          logprobs not yet (400)
 // Errors come in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with the HTTP
 // status of the failure: 400 bad input (malformed JSON, wrong types, unknown or unsupported
 // fields), 401 missing or unknown token, 404 unknown model, 429 queue full (with retry-after-ms),
@@ -36,7 +39,8 @@ class OpenAiApi {
 
  private:
   HttpEndpoint::Response Models(const HttpEndpoint::Request& request);
-  HttpEndpoint::Response Completions(const HttpEndpoint::Request& request);
+  // /v1/completions, or /v1/chat/completions (`chat`: the messages through the model's chat template).
+  HttpEndpoint::Response Completions(const HttpEndpoint::Request& request, bool chat);
   HttpEndpoint::Response LoadLora(const HttpEndpoint::Request& request);
   HttpEndpoint::Response UnloadLora(const HttpEndpoint::Request& request);
 

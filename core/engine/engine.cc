@@ -21,6 +21,7 @@
 #include "core/engine/sequence.h"
 #include "core/io/file_util.h"
 #include "core/io/json_file.h"
+#include "core/tokenizer/chat_template.h"
 #include "core/lora/adapter_registry.h"
 #include "core/lora/lora_combine.h"
 #include "core/lora/lora_model.h"
@@ -151,6 +152,16 @@ class EngineImpl : public Engine {
     if (model_->config().bos_token_id >= 0) to.bos_id = static_cast<int32_t>(model_->config().bos_token_id);
     if (!model_->config().eos_token_ids.empty()) to.eos_id = static_cast<int32_t>(model_->config().eos_token_ids[0]);
     LORASERVE_ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromFile(JoinPath(options_.model_dir, "tokenizer.json"), to));
+    // A missing or unusable chat template only disables chat completions.
+    auto chat = LoadModelChatTemplate(options_.model_dir);
+    if (chat.ok()) {
+      chat_ = std::move(*chat);
+    } else {
+      chat_status_ = absl::FailedPreconditionError(
+          chat.status().code() == absl::StatusCode::kNotFound
+              ? "the model has no chat template (tokenizer_config.json chat_template or chat_template.jinja)"
+              : absl::StrCat("the model's chat template cannot be used: ", chat.status().message()));
+    }
     lora_ = std::make_unique<LoraModel>(model_.get());
     registry_ = std::make_unique<AdapterRegistry>(*model_, lora_->BaseWeightFn(), options_.adapters);
     executor_ = std::make_unique<Executor>(*model_, lora_.get(), options_.kv_budget_bytes);
@@ -233,6 +244,11 @@ class EngineImpl : public Engine {
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t max_context() const override { return model_->config().max_position_embeddings; }
   std::string model_name() const override { return model_->name(); }
+  absl::StatusOr<std::string> ApplyChatTemplate(const Json& messages, bool add_generation_prompt) const override {
+    if (!chat_.has_value()) return chat_status_;
+    return chat_->chat_template.Render(Json{{"messages", messages}, {"add_generation_prompt", add_generation_prompt},
+                                            {"bos_token", chat_->bos_token}, {"eos_token", chat_->eos_token}});
+  }
   std::string model_fingerprint() const override { return model_->fingerprint(); }
 
   // ---------------------------------------------------------------- adapters
@@ -500,6 +516,8 @@ class EngineImpl : public Engine {
   const EngineOptions options_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::optional<ModelChatTemplate> chat_;
+  absl::Status chat_status_;
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<AdapterRegistry> registry_;
   std::unique_ptr<Executor> executor_;    // owns the KV cache; engine thread
@@ -519,6 +537,10 @@ class EngineImpl : public Engine {
 };
 
 }  // namespace
+
+absl::StatusOr<std::string> Engine::ApplyChatTemplate(const Json&, bool) const {
+  return absl::FailedPreconditionError("this engine does not render chat templates");
+}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   auto engine = std::make_unique<EngineImpl>(options);

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/engine/scheduler.h"
+#include "core/io/json_file.h"
 #include "core/lora/adapter_types.h"
 #include "core/model/generation_types.h"
 
@@ -138,6 +139,11 @@ class Engine {
   virtual int64_t max_context() const = 0;
   virtual std::string model_name() const = 0;
   virtual std::string model_fingerprint() const = 0;
+  // The model's chat template (chat_template.jinja or tokenizer_config.json) applied to OpenAI
+  // chat `messages` as transformers' apply_chat_template does, with its bos/eos tokens.
+  // FailedPrecondition when the model has no usable template; InvalidArgument from the template
+  // itself (raise_exception, bad messages).
+  virtual absl::StatusOr<std::string> ApplyChatTemplate(const Json& messages, bool add_generation_prompt) const;
 
   // --- Adapters -----------------------------------------------------------------------------
   // Load / delete run on the calling thread and never block inference. Merge, unmerge, unload

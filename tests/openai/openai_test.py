@@ -10,6 +10,7 @@ Runs on the built-in model (the vendored stories260K) and the demo adapters the 
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -290,7 +291,48 @@ def test_vllm_adapter_routes(client, port, base, adapter_root):
     e = expect_error(lambda: client.chat.completions.create(model=base, messages=[{"role": "user", "content": "hi"}]),
                      openai.BadRequestError, 400, "chat without a template")
     if e is not None:
-        check(e.body.get("code") == "chat_not_supported", f"chat error code {e.body}")
+        check(e.body.get("code") == "chat_template_missing", f"chat error code {e.body}")
+
+
+def test_chat(binary, model, adapter_root, workdir):
+    """/v1/chat/completions on a copy of the model with a chat template in tokenizer_config.json:
+    the rendered prompt (<s> + the user's text) gives exactly the completion of that text; streamed
+    deltas add up to the same message; bad messages are 400s."""
+    chat_model = os.path.join(workdir, "chat-model")
+    shutil.copytree(model, chat_model)
+    with open(os.path.join(chat_model, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+                   "chat_template": "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+                                    "{{ m['content'] | trim }}{% endif %}{% endfor %}"}, f)
+    server = LoraserveProcess(binary, chat_model, adapter_root, workdir, name="chat", failure=AssertionError)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.metrics_port}/v1", api_key="unused", max_retries=0)
+        base = client.models.list().data[0].id
+        want = client.completions.create(model=base, prompt="Once upon a time", max_tokens=12, temperature=0)
+        msgs = [{"role": "system", "content": "ignored by this template"},
+                {"role": "user", "content": " Once upon a time "}]
+        r = client.chat.completions.create(model=base, messages=msgs, max_tokens=12, temperature=0)
+        check(r.object == "chat.completion" and r.choices[0].message.role == "assistant", f"chat shape {r}")
+        check(r.choices[0].message.content == want.choices[0].text, f"chat {r.choices[0].message.content!r} != "
+                                                                    f"completion {want.choices[0].text!r}")
+        check(r.usage.prompt_tokens == want.usage.prompt_tokens == 5 and r.choices[0].finish_reason == "length",
+              f"chat usage {r.usage} finish {r.choices[0].finish_reason}")
+        parts = [{"type": "text", "text": "Once upon"}, {"type": "text", "text": " a time"}]
+        chunks = list(client.chat.completions.create(model=base, messages=[{"role": "user", "content": parts}],
+                                                     max_completion_tokens=12, temperature=0, stream=True))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        check(text == want.choices[0].text, f"streamed chat {text!r}")
+        check(chunks[-1].choices[0].finish_reason == "length" and chunks[0].object == "chat.completion.chunk",
+              f"last chunk {chunks[-1]}")
+        for what, kwargs in (("no messages", {"messages": []}),
+                             ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+                             ("no role", {"messages": [{"content": "x"}]}),
+                             ("logprobs", {"messages": msgs, "logprobs": True}),
+                             ("tools", {"messages": msgs, "extra_body": {"tools": []}})):
+            expect_error(lambda: client.chat.completions.create(model=base, **kwargs), openai.BadRequestError, 400,
+                         f"chat {what}")
+    finally:
+        check(server.stop() == 0, "chat server exits 0")
 
 
 def test_auth(binary, model, adapter_root, workdir):
@@ -339,6 +381,7 @@ def main():
         finally:
             check(server.stop() == 0, "server exits 0 on SIGTERM")
         test_auth(args.loraserve, args.model, args.adapter_root, workdir)
+        test_chat(args.loraserve, args.model, args.adapter_root, workdir)
     if FAILURES:
         print(f"{len(FAILURES)} failure(s)")
         return 1

@@ -60,6 +60,9 @@ class GatedEngine : public core::Engine {
   int64_t max_context() const override { return inner_->max_context(); }
   std::string model_name() const override { return inner_->model_name(); }
   std::string model_fingerprint() const override { return inner_->model_fingerprint(); }
+  absl::StatusOr<std::string> ApplyChatTemplate(const core::Json& messages, bool add_generation_prompt) const override {
+    return inner_->ApplyChatTemplate(messages, add_generation_prompt);
+  }
   absl::StatusOr<core::AdapterInfo> LoadAdapter(const std::string& name,
                                                 const std::string& dir) override {
     return inner_->LoadAdapter(name, dir);

@@ -61,6 +61,33 @@ TEST(ChatTemplateTest, ErrorsNameTheProblem) {
   EXPECT_THAT(t.Render(Json::object()), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("frobnicate")));
 }
 
+TEST(ChatTemplateTest, MutatedTemplatesFailCleanly) {
+  // 3000 seeded byte mutations of the real templates: each parses and renders or gives a status.
+  ASSERT_OK_AND_ASSIGN(Json vectors, ReadJsonFile(testing::SourceDir() + "/tests/core/tokenizer/chat_template_vectors.json"));
+  uint64_t state = 12345;
+  auto next = [&state]() { state = state * 6364136223846793005ULL + 1442695040888963407ULL; return state >> 33; };
+  const std::string alphabet = "{}%#-+'\"()[]|.,:=~ \nabcifsetndorxy0123456789";
+  int parsed = 0, rendered = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const Json& c = vectors["cases"][next() % vectors["cases"].size()];
+    std::string src = c["template"].get<std::string>();
+    for (int m = 0, n = 1 + next() % 4; m < n && !src.empty(); ++m) {
+      const size_t at = next() % src.size();
+      switch (next() % 3) {
+        case 0: src.erase(at, 1 + next() % 3); break;
+        case 1: src.insert(at, 1, alphabet[next() % alphabet.size()]); break;
+        default: src[at] = alphabet[next() % alphabet.size()];
+      }
+    }
+    auto t = ChatTemplate::Parse(src);
+    if (!t.ok()) continue;
+    ++parsed;
+    rendered += t->Render(c["context"]).ok();
+  }
+  EXPECT_GT(parsed, 300);
+  EXPECT_GT(rendered, 100);
+}
+
 TEST(ChatTemplateTest, LoadsFromAModelDirectory) {
   const std::string dir = testing::MakeTempDir();
   EXPECT_THAT(LoadModelChatTemplate(dir), StatusIs(absl::StatusCode::kNotFound));
