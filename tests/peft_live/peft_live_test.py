@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent import futures
 
 import numpy as np
@@ -300,6 +301,41 @@ class Run:
         self.refs[name] = ref
         return spec, self.compare(f"combined {ctype}", f"{label} {json.dumps(spec)}", name, ref)
 
+    def mixed_generation(self, rng, metrics_addr, groups=4):
+        """Engine-batched prefill over many adapters: concurrent one-token greedy Generates (Score runs
+        each request alone), each checked against the reference's last-position log-probabilities
+        (top 5), and the server must have run multi-adapter steps."""
+        def steps():
+            with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=30) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("loraserve_multi_adapter_steps_total"):
+                        return float(line.rsplit(" ", 1)[1])
+            return 0.0
+        names = sorted(self.refs)
+        before, checked = steps(), 0
+        for g in range(groups):
+            jobs = [(a, i) for a in rng.sample(names, min(len(names), 12)) + [""] for i in range(len(self.prompts))]
+            rng.shuffle(jobs)
+            with futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+                got = list(pool.map(lambda j: self.client.generate(self.prompts[j[1]], adapter=j[0], max_new_tokens=1,
+                                                                   temperature=0, logprobs=True, top_logprobs=5), jobs))
+            for (a, i), r in zip(jobs, got):
+                ref, tol = (self.refs[a] if a else self.base_ref)[i]
+                last = ref[-1] - ref[-1].max()
+                logp = last - np.log(np.exp(last).sum())
+                for t in r.tokens[0].top_logprobs:
+                    checked += 1
+                    diff = abs(t.logprob - logp[t.id])
+                    self.worst["mixed generation logprob"] = max(self.worst.get("mixed generation logprob", -1.0), diff)
+                    if diff > 2 * tol + RTOL * abs(logp[t.id]) and a not in self.failed:
+                        self.failures.append(f"mixed generation {g}: adapter {a or '<base>'} p{i} token {t.id}: "
+                                             f"logprob {t.logprob:.6g} vs {logp[t.id]:.6g}")
+        multi = steps() - before
+        if multi < 1:
+            self.failures.append("mixed generation: the server ran no multi-adapter step (requests were not batched)")
+        self.checks += checked
+        return checked, int(multi)
+
     def merged_beside(self, merged, adapter):
         """`adapter`'s answers while `merged` is merged (both loaded singles)."""
         if merged not in self.refs or adapter not in self.refs:
@@ -326,8 +362,8 @@ class Run:
                     m.scaling["combined"] = cfg.lora_alpha / cfg.r
 
     def mixed_batches(self, rng, groups):
-        """Concurrent Scores of several adapters and the base (batched together by the server),
-        once with one of them merged meanwhile."""
+        """Concurrent Scores of several adapters and the base (each Score runs alone in the engine;
+        mixed_generation covers batched steps), every other group with one of them merged meanwhile."""
         names = sorted(self.refs)
         jobs_run = 0
         for g in range(groups):
@@ -442,6 +478,9 @@ def main():
                             print(f"  combo{rnd}-{ctype}: {'ok' if ok else 'MISMATCH'}  {json.dumps(spec)}", flush=True)
                     mixed = run.mixed_batches(random.Random(args.seed + 7), groups=6)
                     print(f"  mixed batches: {mixed} concurrent Scores", flush=True)
+                    checked, multi = run.mixed_generation(random.Random(args.seed + 8), server.metrics_addr)
+                    print(f"  mixed generation: {checked} top log-probabilities checked, {multi} multi-adapter steps",
+                          flush=True)
         finally:
             status = server.stop()
             if status != 0:
