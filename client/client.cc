@@ -355,7 +355,7 @@ absl::StatusOr<std::vector<TransferredFile>> Client::SaveAdapter(const std::stri
   fs::create_directories(out_dir, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot create ", out_dir, ": ", ec.message()));
   grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, call, impl_->DeadlineOf(call));
+  impl_->Prepare(&ctx, call, impl_->DeadlineOf(call), name);
   pb::SaveAdapterRequest req;
   req.set_name(name);
   auto reader = impl_->adapters->SaveAdapter(&ctx, req);

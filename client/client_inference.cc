@@ -92,7 +92,7 @@ class GenerateStreamImpl : public GenerateStream {
   void StartAttempt() {
     ++attempt_;
     auto ctx = std::make_unique<grpc::ClientContext>();
-    impl_->Prepare(ctx.get(), call_, deadline_);
+    impl_->Prepare(ctx.get(), call_, deadline_, request_.adapter());
     {
       std::lock_guard<std::mutex> lock(ctx_mu_);
       ctx_ = std::move(ctx);

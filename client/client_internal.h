@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
@@ -37,6 +39,22 @@ namespace pb = ::loraserve::v1;
 
 inline constexpr char kRequestIdKey[] = "x-request-id";
 inline constexpr char kAuthorizationKey[] = "authorization";
+// The adapter a call is about, on every call that names one: what a proxy hashes on to send all
+// of an adapter's traffic to one replica (deploy/envoy/envoy.yaml).
+inline constexpr char kAdapterKey[] = "x-loraserve-adapter";
+
+// The adapter a request names: its `adapter` field (inference), else its `name` (adapter
+// management); "" when it has neither.
+inline std::string AdapterOf(const google::protobuf::Message& m) {
+  const google::protobuf::Descriptor* d = m.GetDescriptor();
+  for (const char* field : {"adapter", "name"}) {
+    const google::protobuf::FieldDescriptor* f = d->FindFieldByName(field);
+    if (f != nullptr && f->type() == google::protobuf::FieldDescriptor::TYPE_STRING && !f->is_repeated()) {
+      return m.GetReflection()->GetString(m, f);
+    }
+  }
+  return "";
+}
 inline constexpr char kRetryAfterKey[] = "retry-after-ms";
 inline constexpr char kRequestIdPayload[] = "type.loraserve.dev/request-id";
 inline constexpr char kRetryAfterPayload[] = "type.loraserve.dev/retry-after-ms";
@@ -89,8 +107,10 @@ struct Client::Impl {
     return std::max(1, call.max_attempts > 0 ? call.max_attempts : options.retry.max_attempts);
   }
 
-  void Prepare(grpc::ClientContext* ctx, const CallOptions& call, absl::Time deadline) const {
+  void Prepare(grpc::ClientContext* ctx, const CallOptions& call, absl::Time deadline,
+               const std::string& adapter = "") const {
     ctx->set_deadline(absl::ToChronoTime(deadline));
+    if (!adapter.empty()) ctx->AddMetadata(client_internal::kAdapterKey, adapter);
     if (!call.request_id.empty()) {
       ctx->AddMetadata(client_internal::kRequestIdKey, call.request_id);
     }
@@ -131,12 +151,13 @@ struct Client::Impl {
   // Runs `attempt(ctx)` (which returns the grpc::Status of one attempt) with retries when
   // `idempotent`.
   template <typename Attempt>
-  absl::Status WithRetries(const CallOptions& call, bool idempotent, Attempt attempt) {
+  absl::Status WithRetries(const CallOptions& call, bool idempotent, Attempt attempt,
+                           const std::string& adapter = "") {
     const absl::Time deadline = DeadlineOf(call);
     const int max_attempts = MaxAttempts(call, idempotent);
     for (int n = 1;; ++n) {
       grpc::ClientContext ctx;
-      Prepare(&ctx, call, deadline);
+      Prepare(&ctx, call, deadline, adapter);
       absl::Status s = attempt(&ctx, n);
       if (!WaitToRetry(s, n, max_attempts, deadline)) return s;
     }
@@ -148,7 +169,7 @@ struct Client::Impl {
     return WithRetries(call, idempotent, [&](grpc::ClientContext* ctx, int n) {
       response->Clear();
       return Complete(*ctx, rpc(ctx, request, response), call, n);
-    });
+    }, client_internal::AdapterOf(request));
   }
 
   template <typename Response>

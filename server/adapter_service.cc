@@ -362,6 +362,28 @@ absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& eng
   return out;
 }
 
+absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const std::string& name) {
+  if (!env.config.load_on_miss || name.empty() || engine.GetAdapter(name).ok()) return absl::OkStatus();
+  absl::StatusOr<RootLoad> load = BeginRootLoad(env, engine, name, name);
+  if (!load.ok() && load.status().code() == absl::StatusCode::kNotFound) {
+    return absl::NotFoundError(absl::StrCat("adapter ", name, " not found (not loaded, and no directory ", name,
+                                            " under the adapter root to load it from)"));
+  }
+  if (!load.ok() && env.book.IsLoading(name)) {  // another request is loading it: wait for that
+    const absl::Time deadline = absl::Now() + absl::Minutes(5);
+    while (env.book.IsLoading(name) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+    return engine.GetAdapter(name).status();
+  }
+  if (!load.ok()) return load.status();
+  absl::StatusOr<RootLoadResult> done = FinishRootLoad(env, engine, *load);
+  if (!done.ok()) {
+    if (load->reserved) return done.status();
+    return engine.GetAdapter(name).status();
+  }
+  if (!done->event.empty()) env.logger.Log("event=adapter_loaded_on_miss " + done->event);
+  return absl::OkStatus();
+}
+
 grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContext* context,
                                                       const pb::LoadAdapterRequest* request,
                                                       pb::LoadAdapterResponse* response) {

@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/engine/engine.h"
+#include "server/adapter_service.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
 
@@ -85,6 +86,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     std::shared_ptr<core::Engine> engine = *std::move(engine_or);
 
     absl::Status valid = ValidateAdapterName(request.adapter(), "adapter", /*allow_empty=*/true);
+    if (valid.ok()) valid = EnsureLoadedOnMiss(*env_, *engine, request.adapter());
     if (!valid.ok()) return FinishEarly(valid);
     auto sampling = SamplingFromProto(request.sampling());
     if (!sampling.ok()) return FinishEarly(sampling.status());
@@ -267,6 +269,7 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
   absl::Status valid = ValidateAdapterName(request->adapter(), "adapter", /*allow_empty=*/true);
+  if (valid.ok()) valid = EnsureLoadedOnMiss(*env_, *engine, request->adapter());
   const int64_t n = request->token_ids_size();
   if (valid.ok() && n == 0) valid = absl::InvalidArgumentError("token_ids is empty");
   if (valid.ok() && n > engine->max_context()) {

@@ -57,6 +57,10 @@ ABSL_FLAG(absl::Duration, http_completion_heartbeat, absl::Seconds(1),
 ABSL_FLAG(std::string, adapter_root, "",
           "directory that LoadAdapter paths are relative to (paths escaping it are refused); "
           "empty = LoadAdapter is refused, UploadAdapter still works");
+ABSL_FLAG(bool, adapter_load_on_miss, false,
+          "a request naming an adapter that is not loaded loads <adapter_root>/<name> first (LoRAX's "
+          "behaviour; the load runs on that request's thread, other adapters' requests do not wait); "
+          "needs --adapter_root");
 ABSL_FLAG(std::string, upload_dir, "",
           "where uploaded adapters and files being saved/exported are written; empty = a private "
           "temporary directory removed at exit");
@@ -195,6 +199,7 @@ int main(int argc, char** argv) {
   options.http.keep_alive_max_requests = absl::GetFlag(FLAGS_http_keep_alive_max_requests);
   options.http.completion_heartbeat = absl::GetFlag(FLAGS_http_completion_heartbeat);
   options.adapter_root = absl::GetFlag(FLAGS_adapter_root);
+  options.adapter_load_on_miss = absl::GetFlag(FLAGS_adapter_load_on_miss);
   options.upload_dir = absl::GetFlag(FLAGS_upload_dir);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

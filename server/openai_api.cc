@@ -407,6 +407,13 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   Json body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return fail(absl::InvalidArgumentError("the request body is not valid JSON"));
   std::string param;
+  if (body.is_object() && body.contains("model") && body["model"].is_string() &&
+      body["model"].get<std::string>() != engine->model_name() &&
+      ValidateAdapterName(body["model"].get<std::string>(), "model", /*allow_empty=*/false).ok()) {
+    if (absl::Status s = EnsureLoadedOnMiss(*env_, *engine, body["model"].get<std::string>()); !s.ok()) {
+      return fail(s, "model", body["model"].get<std::string>());
+    }
+  }
   if (chat) {
     absl::StatusOr<Json> as_completion = ChatAsCompletion(body, *engine, &param);
     if (!as_completion.ok()) return fail(as_completion.status(), param);

@@ -76,6 +76,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   env.path_aliases.push_back({env.config.upload_dir, "<upload_dir>"});
   env.config.scratch_dir = env.config.upload_dir;
   env.config.max_upload_bytes = options.max_upload_bytes;
+  env.config.load_on_miss = options.adapter_load_on_miss;
+  if (options.adapter_load_on_miss && env.config.adapter_root.empty()) {
+    return absl::InvalidArgumentError("--adapter_load_on_miss needs --adapter_root");
+  }
   env.config.max_message_bytes = options.max_message_bytes;
   // Leave room for the chunk's other fields and the message framing.
   env.config.file_chunk_bytes =

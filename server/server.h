@@ -50,6 +50,9 @@ struct ServerOptions {
   HttpOptions http;
   // Directory LoadAdapter paths are relative to; "" refuses LoadAdapter (UploadAdapter still works).
   std::string adapter_root;
+  // Load-on-miss (LoRAX's behaviour): a request naming an adapter that is not loaded loads
+  // <adapter_root>/<name> first, as LoadAdapter would (needs adapter_root).
+  bool adapter_load_on_miss = false;
   // Where uploads and files being saved/exported are written; "" = a private temporary directory
   // removed when the server is destroyed. Created if missing.
   std::string upload_dir;

@@ -21,7 +21,7 @@ trap 'rm -rf "$out"' EXIT
 echo "deploy_checks: hadolint"
 "$bin/hadolint" "$repo/Dockerfile" "$repo/deploy/Dockerfile.cuda"
 echo "deploy_checks: yamllint"
-"$bin/yamllint" -s -c "$here/yamllint.yaml" "$repo/deploy/k8s"
+"$bin/yamllint" -s -c "$here/yamllint.yaml" "$repo/deploy/k8s" "$repo/deploy/envoy"
 for overlay in cpu gpu; do
   echo "deploy_checks: kubectl kustomize overlays/$overlay, kubernetes-validate $K8S_VERSION"
   "$bin/kubectl" kustomize "$repo/deploy/k8s/overlays/$overlay" >"$out/$overlay.yaml"

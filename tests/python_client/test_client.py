@@ -204,3 +204,44 @@ def test_bearer_token(server):
                 assert c.list_adapters() == []
         finally:
             assert s.stop() == 0
+
+
+def test_load_on_miss():
+    """--adapter_load_on_miss: a request naming an unloaded adapter loads <adapter_root>/<name>
+    (gRPC Generate and Score, and the OpenAI model field), concurrent first requests load it once,
+    an unknown name is still NOT_FOUND."""
+    import json
+    import urllib.error
+    import urllib.request
+    with tempfile.TemporaryDirectory() as work:
+        s = LoraserveProcess(os.environ["LORASERVE_BINARY"], os.environ["LORASERVE_MODEL"], ADAPTER_ROOT, work,
+                             name="on_miss", extra=("--adapter_load_on_miss",))
+        try:
+            with loraserve.Client(s.addr, timeout=30) as c:
+                assert c.list_adapters() == []
+                with futures.ThreadPoolExecutor(8) as pool:
+                    results = list(pool.map(lambda _: c.generate([1, 403], adapter="demo-qv", max_new_tokens=2,
+                                                                 temperature=0), range(8)))
+                assert len({tuple(t.id for t in r.tokens) for r in results}) == 1
+                info = c.get_adapter("demo-qv")
+                assert info.state == "ready" and info.source == "adapter_root" and info.path == "demo-qv"
+                assert c.score([1, 403, 404], adapter="demo-mlp").num_tokens == 3
+                with pytest.raises(loraserve.Error) as e:
+                    c.generate([1, 403], adapter="no-such-adapter", max_new_tokens=1)
+                assert e.value.code == grpc.StatusCode.NOT_FOUND and "no-such-adapter" in e.value.message
+                body = json.dumps({"model": "demo-dora", "prompt": "Once", "max_tokens": 2}).encode()
+                req = urllib.request.Request(f"http://{s.metrics_addr}/v1/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    assert json.load(r)["model"] == "demo-dora"
+                req = urllib.request.Request(f"http://{s.metrics_addr}/v1/completions",
+                                             data=body.replace(b"demo-dora", b"nope"),
+                                             headers={"Content-Type": "application/json"})
+                with pytest.raises(urllib.error.HTTPError) as he:
+                    urllib.request.urlopen(req, timeout=30)
+                assert he.value.code == 404
+                assert sorted(a.name for a in c.list_adapters()) == ["demo-dora", "demo-mlp", "demo-qv"]
+            log = s.logs()
+            assert log.count("event=adapter_loaded_on_miss name=demo-qv") == 1, log
+        finally:
+            assert s.stop() == 0

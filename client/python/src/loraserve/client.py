@@ -24,6 +24,7 @@ from loraserve.v1 import inference_service_pb2_grpc as ipb_grpc
 
 REQUEST_ID_KEY = "x-request-id"
 RETRY_AFTER_KEY = "retry-after-ms"
+ADAPTER_KEY = "x-loraserve-adapter"
 CHUNK_BYTES = 1 << 20
 _HEALTH_SERVICE = "/grpc.health.v1.Health/Check"
 
@@ -165,8 +166,16 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _metadata(self) -> List[Tuple[str, str]]:
-        return [("authorization", f"Bearer {self._token}")] if self._token else []
+    def _metadata(self, request=None) -> List[Tuple[str, str]]:
+        md = [("authorization", f"Bearer {self._token}")] if self._token else []
+        # The adapter the call names (its `adapter`, else its `name`): what a proxy hashes on to
+        # keep an adapter's traffic on one replica (deploy/envoy/envoy.yaml).
+        fields = request.DESCRIPTOR.fields_by_name if request is not None and hasattr(request, "DESCRIPTOR") else {}
+        for field in ("adapter", "name"):
+            if field in fields and fields[field].type == fields[field].TYPE_STRING and getattr(request, field):
+                md.append((ADAPTER_KEY, getattr(request, field)))
+                break
+        return md
 
     def _call(self, rpc, request, idempotent: bool = True):
         attempts = 1 + (self.retries if idempotent else 0)
@@ -175,7 +184,7 @@ class Client:
         for attempt in range(1, attempts + 1):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return rpc(request, timeout=remaining, metadata=self._metadata())
+                return rpc(request, timeout=remaining, metadata=self._metadata(request))
             except grpc.RpcError as e:
                 err = _error(e)
                 retryable = err.code == grpc.StatusCode.UNAVAILABLE or (
@@ -358,7 +367,7 @@ class Client:
         req = self._generate_request(prompt, adapter, max_new_tokens, temperature, top_k, top_p, seed, stop,
                                      ignore_eos, logprobs, top_logprobs)
         try:
-            for msg in self._inference.Generate(req, timeout=self.timeout, metadata=self._metadata()):
+            for msg in self._inference.Generate(req, timeout=self.timeout, metadata=self._metadata(req)):
                 for t in msg.tokens:
                     yield _token(t)
         except grpc.RpcError as e:
