@@ -68,6 +68,22 @@ def check_overlay(name, objs, known_flags, gpu):
         check(ep["port"] in svc_ports, f"{name}: ServiceMonitor port {ep['port']} not on the Service")
     check(objs[("PodDisruptionBudget", "loraserve")]["spec"]["minAvailable"] < dep["spec"]["replicas"],
           f"{name}: the PodDisruptionBudget blocks every eviction")
+    # The router: its Envoy config hashes the header the clients send, over the headless Service,
+    # and its pods are admitted by the replicas' NetworkPolicy.
+    envoy_cm = next(d for (k, n), d in objs.items() if k == "ConfigMap" and n.startswith("loraserve-envoy"))
+    envoy_cfg = yaml.safe_load(envoy_cm["data"]["envoy.yaml"])
+    cluster = envoy_cfg["static_resources"]["clusters"][0]
+    target = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    check(("Service", target["address"]) in objs and objs[("Service", target["address"])]["spec"].get("clusterIP") == "None",
+          f"{name}: Envoy's cluster {target['address']} is not the headless Service")
+    check(target["port_value"] == grpc_port, f"{name}: Envoy targets port {target['port_value']}")
+    route = envoy_cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hashed = route["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["hash_policy"][0]["header"]["header_name"]
+    check(hashed == "x-loraserve-adapter" and cluster["lb_policy"] in ("MAGLEV", "RING_HASH"), f"{name}: Envoy hashing")
+    router = objs[("Deployment", "loraserve-router")]["spec"]["template"]
+    check(router["metadata"]["labels"].get("loraserve-client") == "true", f"{name}: the router is not admitted")
+    check(any(v.get("configMap", {}).get("name") == envoy_cm["metadata"]["name"] for v in router["spec"]["volumes"]),
+          f"{name}: the router does not mount the Envoy config")
     limits = c["resources"]["limits"]
     if gpu:
         check(limits.get("nvidia.com/gpu") == "1", f"{name}: no nvidia.com/gpu limit")
