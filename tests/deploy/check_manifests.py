@@ -6,6 +6,7 @@ and loraserve exports, the ServiceMonitor's port exists, and the GPU overlay ask
 runs the CUDA image with --device=cuda --dtype=bfloat16.
     check_manifests.py --loraserve BIN CPU.yaml GPU.yaml Dockerfile Dockerfile.cuda"""
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -95,6 +96,26 @@ def check_overlay(name, objs, known_flags, gpu):
     return metric
 
 
+def check_dashboard(objs):
+    """The Grafana dashboard (a ConfigMap of the base): valid JSON whose every PromQL expression uses
+    only metrics loraserve exports, grouped only by labels they carry or Prometheus adds."""
+    cm = next(d for (k, n), d in objs.items() if k == "ConfigMap" and n.startswith("loraserve-grafana-dashboard"))
+    check(cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1", "the dashboard ConfigMap lacks grafana_dashboard=1")
+    dash = json.loads(cm["data"]["loraserve.json"])
+    source = open("server/metrics.cc").read()
+    exported = set(re.findall(r'"(loraserve_[a-z_]+)"', source))
+    labels = set(re.findall(r'\{"([a-z_]+)", ', source)) | {"le", "pod", "namespace", "instance", "job"}
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    check(len(exprs) >= 10, "the dashboard has fewer than 10 queries")
+    for e in exprs:
+        for m in re.findall(r"loraserve_[a-z_]+", e):
+            base = re.sub(r"_(bucket|sum|count)$", "", m)
+            check(m in exported or base in exported, f"dashboard: {m} is not a loraserve metric ({e})")
+        for group in re.findall(r"by \(([^)]*)\)", e):
+            for label in (l.strip() for l in group.split(",")):
+                check(label in labels, f"dashboard: label {label} is not on loraserve's metrics ({e})")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loraserve", required=True)
@@ -108,6 +129,7 @@ def main():
     metric = None
     for name, path, gpu in (("cpu", args.cpu, False), ("gpu", args.gpu, True)):
         metric = check_overlay(name, objects(path), known, gpu)
+    check_dashboard(objects(args.cpu))
     exported = subprocess.run(["grep", "-rh", f'"{metric}"', "server/"], capture_output=True, text=True).stdout
     check(metric in exported, f"loraserve does not export {metric}")
     for path in args.dockerfiles:
