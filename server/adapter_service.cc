@@ -363,7 +363,10 @@ absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& eng
 }
 
 absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const std::string& name) {
-  if (!env.config.load_on_miss || name.empty() || engine.GetAdapter(name).ok()) return absl::OkStatus();
+  if (!env.config.load_on_miss || !ValidateAdapterName(name, "adapter", /*allow_empty=*/false).ok() ||
+      engine.GetAdapter(name).ok()) {
+    return absl::OkStatus();
+  }
   absl::StatusOr<RootLoad> load = BeginRootLoad(env, engine, name, name);
   if (!load.ok() && load.status().code() == absl::StatusCode::kNotFound) {
     return absl::NotFoundError(absl::StrCat("adapter ", name, " not found (not loaded, and no directory ", name,

@@ -30,8 +30,9 @@ absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engi
 absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const RootLoad& load);
 // Load-on-miss (ServiceConfig::load_on_miss) for any transport: when `name` is not loaded, loads
 // <adapter_root>/<name> as LoadAdapter would (blocking), or waits for a concurrent load of it.
-// OK when the adapter is loaded afterwards, or when load-on-miss is off or `name` is empty (the
-// caller's own lookup then answers); otherwise the load's error (NotFound without such a directory).
+// OK when the adapter is loaded afterwards, or when load-on-miss is off or `name` is not a valid
+// adapter name (the caller's own checks then answer); otherwise the load's error (NotFound without
+// such a directory).
 absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const std::string& name);
 // DeleteAdapter for any transport: FailedPrecondition while loading; uploads' files are removed.
 absl::Status DeleteAdapterNamed(ServiceEnv& env, core::Engine& engine, const std::string& name);

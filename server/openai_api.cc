@@ -408,8 +408,7 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   if (body.is_discarded()) return fail(absl::InvalidArgumentError("the request body is not valid JSON"));
   std::string param;
   if (body.is_object() && body.contains("model") && body["model"].is_string() &&
-      body["model"].get<std::string>() != engine->model_name() &&
-      ValidateAdapterName(body["model"].get<std::string>(), "model", /*allow_empty=*/false).ok()) {
+      body["model"].get<std::string>() != engine->model_name()) {
     if (absl::Status s = EnsureLoadedOnMiss(*env_, *engine, body["model"].get<std::string>()); !s.ok()) {
       return fail(s, "model", body["model"].get<std::string>());
     }
@@ -484,7 +483,7 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
     bool done;
     {
       absl::MutexLock lock(&pending->mu);
-      done = pending->mu.AwaitWithTimeout(absl::Condition(+[](bool* d) { return *d; }, &pending->done), heartbeat_);
+      done = pending->mu.AwaitWithTimeout(absl::Condition(&pending->done), heartbeat_);
     }
     if (done) {
       auto [status, text] = answer();
@@ -500,7 +499,7 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
       for (;;) {
         {
           absl::MutexLock lock(&pending->mu);
-          if (pending->mu.AwaitWithTimeout(absl::Condition(+[](bool* d) { return *d; }, &pending->done), heartbeat)) break;
+          if (pending->mu.AwaitWithTimeout(absl::Condition(&pending->done), heartbeat)) break;
         }
         if (!write(" ")) {
           h->Cancel();  // the client has gone

@@ -272,34 +272,24 @@ class ExprParser {
       LORASERVE_RETURN_IF_ERROR(Expect(")"));
       return e;
     }
-    if (t.text == "[") {
+    if (t.text == "[" || t.text == "{") {  // a list, or a dict as key, value, key, value, ...
+      const bool dict = t.text == "{";
+      const char* close = dict ? "}" : "]";
       auto e = std::make_shared<Expr>();
-      e->kind = Expr::kList;
-      while (!EatOp("]")) {
+      e->kind = dict ? Expr::kDict : Expr::kList;
+      while (!EatOp(close)) {
         if (!e->args.empty()) {
           LORASERVE_RETURN_IF_ERROR(Expect(","));
         }
-        if (EatOp("]")) break;
-        LORASERVE_ASSIGN_OR_RETURN(ExprPtr v, Cond());
-        e->args.push_back(v);
-        if (AtEnd()) return Bad("unclosed '['");
-      }
-      return ExprPtr(e);
-    }
-    if (t.text == "{") {
-      auto e = std::make_shared<Expr>();
-      e->kind = Expr::kDict;
-      while (!EatOp("}")) {
-        if (!e->args.empty()) {
-          LORASERVE_RETURN_IF_ERROR(Expect(","));
+        if (EatOp(close)) break;
+        LORASERVE_ASSIGN_OR_RETURN(ExprPtr item, Cond());
+        e->args.push_back(item);
+        if (dict) {
+          LORASERVE_RETURN_IF_ERROR(Expect(":"));
+          LORASERVE_ASSIGN_OR_RETURN(ExprPtr value, Cond());
+          e->args.push_back(value);
         }
-        if (EatOp("}")) break;
-        LORASERVE_ASSIGN_OR_RETURN(ExprPtr k, Cond());
-        LORASERVE_RETURN_IF_ERROR(Expect(":"));
-        LORASERVE_ASSIGN_OR_RETURN(ExprPtr v, Cond());
-        e->args.push_back(k);
-        e->args.push_back(v);
-        if (AtEnd()) return Bad("unclosed '{'");
+        if (AtEnd()) return Bad(absl::StrCat("unclosed '", t.text, "'"));
       }
       return ExprPtr(e);
     }

@@ -205,27 +205,37 @@ def metric(port, name, labels):
     return 0.0
 
 
-def test_stream_disconnect_cancels(port, base):
-    """A streaming client that goes away: its request ends long before max_tokens."""
+def expect_disconnect_cancels(port, base, stream):
+    """A client that sends a 480-token completion (`stream` or not), gets its 200 status and goes
+    away: its request ends long before max_tokens."""
+    what = "streaming" if stream else "non-streaming"
     labels = {"adapter": "__base__"}
     before_requests = metric(port, "loraserve_adapter_requests_total", labels)
     before_tokens = metric(port, "loraserve_generated_tokens_total", labels)
     conn = HTTPConnection("127.0.0.1", port, timeout=30)
-    body = json.dumps({"model": base, "prompt": "Once upon a time", "max_tokens": 480, "temperature": 1,
-                       "seed": 1, "stream": True, "ignore_eos": True})
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    check(resp.status == 200, f"stream status {resp.status}")
-    first = resp.fp.readline()
-    check(first.startswith(b"data: ") or first.strip() != b"", f"first stream line {first!r}")
+    body = {"model": base, "prompt": "Once upon a time", "max_tokens": 480, "temperature": 1, "seed": 1,
+            "ignore_eos": True}
+    if stream:
+        body["stream"] = True
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()  # non-streaming: the status comes with the first heartbeat
+    check(resp.status == 200, f"{what} status {resp.status}")
+    if stream:
+        first = resp.fp.readline()
+        check(first.startswith(b"data: ") or first.strip() != b"", f"first stream line {first!r}")
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
     deadline = time.time() + 20
     while metric(port, "loraserve_adapter_requests_total", labels) == before_requests and time.time() < deadline:
         time.sleep(0.05)
-    check(metric(port, "loraserve_adapter_requests_total", labels) == before_requests + 1, "the request ended")
+    check(metric(port, "loraserve_adapter_requests_total", labels) == before_requests + 1, f"the {what} request ended")
     generated = metric(port, "loraserve_generated_tokens_total", labels) - before_tokens
-    check(generated < 240, f"cancelled after {generated} of 480 tokens")
+    check(generated < 240, f"{what} request cancelled after {generated} of 480 tokens")
+
+
+def test_stream_disconnect_cancels(port, base):
+    """A streaming client that goes away: its request ends long before max_tokens."""
+    expect_disconnect_cancels(port, base, stream=True)
 
 
 def test_nonstream_heartbeat_and_disconnect(client, port, base):
@@ -240,23 +250,7 @@ def test_nonstream_heartbeat_and_disconnect(client, port, base):
     status, _, raw = http(port, "POST", "/v1/completions", body, {"Content-Type": "application/json"})
     check(status == 200 and raw.startswith(b" ") and json.loads(raw)["usage"]["completion_tokens"] == 400,
           f"heartbeat body: {status} {raw[:40]!r}")
-    labels = {"adapter": "__base__"}
-    before_requests = metric(port, "loraserve_adapter_requests_total", labels)
-    before_tokens = metric(port, "loraserve_generated_tokens_total", labels)
-    conn = HTTPConnection("127.0.0.1", port, timeout=30)
-    body = json.dumps({"model": base, "prompt": "Once upon a time", "max_tokens": 480, "temperature": 1,
-                       "seed": 1, "ignore_eos": True})
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()  # the status comes with the first heartbeat
-    check(resp.status == 200, f"non-streaming status {resp.status}")
-    conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
-    deadline = time.time() + 20
-    while metric(port, "loraserve_adapter_requests_total", labels) == before_requests and time.time() < deadline:
-        time.sleep(0.05)
-    check(metric(port, "loraserve_adapter_requests_total", labels) == before_requests + 1, "the request ended")
-    generated = metric(port, "loraserve_generated_tokens_total", labels) - before_tokens
-    check(generated < 240, f"non-streaming request cancelled after {generated} of 480 tokens")
+    expect_disconnect_cancels(port, base, stream=False)
 
 
 def test_vllm_adapter_routes(client, port, base, adapter_root):
