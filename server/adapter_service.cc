@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -28,14 +29,60 @@ namespace fs = std::filesystem;
 
 constexpr int kMaxExportAdapters = 16;
 
-pb::Adapter Describe(const ServiceEnv& env, const core::Engine& engine, const core::AdapterInfo& info) {
-  return AdapterToProto(info, env.book.Find(info.name), env.config.adapter_root, engine.model_name());
+// The adapter as the caller sees it (its own names, paths relative to its adapter directory).
+pb::Adapter Describe(const ServiceEnv& env, const TenantCall& tenant, const core::Engine& engine,
+                     const core::AdapterInfo& info) {
+  pb::Adapter a = AdapterToProto(info, env.book.Find(info.name), tenant.caller().adapter_root, engine.model_name());
+  a.set_name(tenant.Display(info.name));
+  return a;
+}
+
+// RESOURCE_EXHAUSTED when the caller's tenant may not own one more adapter of `incoming_bytes`
+// bytes (`already_counted`: the new one is among the loading ones already). Shared adapters and
+// the single-tenant server have no adapter quotas.
+absl::Status CheckAdapterQuota(const ServiceEnv& env, const core::Engine& engine, const Caller& caller,
+                               const std::string& name, int64_t incoming_bytes, bool already_counted) {
+  const TenantQuotas& q = caller.tenant->quotas;
+  const std::string prefix = OwnPrefix(caller);
+  if ((q.adapters == 0 && q.adapter_bytes == 0) || prefix.empty() || !absl::StartsWith(name, prefix)) {
+    return absl::OkStatus();
+  }
+  int64_t count = already_counted ? 0 : 1;
+  int64_t bytes = incoming_bytes;
+  std::set<std::string> seen;
+  for (const core::AdapterInfo& info : engine.ListAdapters()) {
+    if (!absl::StartsWith(info.name, prefix)) continue;
+    ++count;
+    bytes += info.bytes;
+    seen.insert(info.name);
+  }
+  for (const std::string& loading : env.book.Loading()) {
+    if (absl::StartsWith(loading, prefix) && seen.count(loading) == 0) ++count;
+  }
+  if (q.adapters > 0 && count > q.adapters) {
+    return absl::ResourceExhaustedError(absl::StrCat("tenant ", caller.tenant->id, "'s adapters quota (",
+                                                     q.adapters, ") is full; delete one first"));
+  }
+  if (q.adapter_bytes > 0 && bytes > q.adapter_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("tenant ", caller.tenant->id, "'s adapter_bytes quota (",
+                                                     q.adapter_bytes, ") would be exceeded (", bytes,
+                                                     " bytes); delete an adapter first"));
+  }
+  return absl::OkStatus();
+}
+
+// After a load: deletes `name` again when it took its tenant over the byte quota.
+absl::Status EnforceBytesQuota(ServiceEnv& env, core::Engine& engine, const Caller& caller,
+                               const std::string& name) {
+  absl::Status s = CheckAdapterQuota(env, engine, caller, name, 0, /*already_counted=*/true);
+  if (!s.ok()) (void)DeleteAdapterNamed(env, engine, name);
+  return s;
 }
 
 // Whether `name` is already loaded with the content `checksum` (an error when the given files have
 // none, e.g. one is missing): the existing adapter's description when it is (a retried call);
 // nullopt when no adapter has the name; AlreadyExists when the name holds other content.
-absl::StatusOr<std::optional<pb::Adapter>> AlreadyLoaded(const ServiceEnv& env,
+absl::StatusOr<std::optional<pb::Adapter>> AlreadyLoaded(const ServiceEnv& env, const TenantCall& tenant,
                                                          const core::Engine& engine,
                                                          const std::string& name,
                                                          const absl::StatusOr<std::string>& checksum) {
@@ -57,7 +104,7 @@ absl::StatusOr<std::optional<pb::Adapter>> AlreadyLoaded(const ServiceEnv& env,
                                                  " already exists with a different checksum (loaded ",
                                                  existing, ", given ", *checksum, ")"));
   }
-  return std::optional<pb::Adapter>(Describe(env, engine, *info));
+  return std::optional<pb::Adapter>(Describe(env, tenant, engine, *info));
 }
 
 // Removes the upload directories of adapters that no longer exist (on the pool: file I/O).
@@ -81,8 +128,10 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
                 pb::UploadAdapterResponse* response)
       : env_(env), call_(env, context, "UploadAdapter"), response_(response) {
     auto engine = call_.Admit();
-    if (!engine.ok()) {
-      Fail(engine.status());
+    absl::Status s = engine.status();
+    if (s.ok()) s = RequireRole(call_.caller(), Role::kOperator, "UploadAdapter");
+    if (!s.ok()) {
+      Fail(s);
       return;
     }
     engine_ = *std::move(engine);
@@ -115,10 +164,11 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
   // Pool thread (or the constructor before the first read).
   absl::Status Consume() {
     if (dir_.empty()) {
-      name_ = request_.name();
-      call_.set_adapter(name_);
-      absl::Status s = ValidateAdapterName(name_, "name");
-      if (!s.ok()) return s;
+      call_.set_adapter(request_.name());
+      absl::StatusOr<std::string> name = call_.Resolve(request_.name(), Access::kCreate, "name");
+      if (!name.ok()) return name.status();
+      name_ = *std::move(name);
+      absl::Status s;
       total_ = request_.total_bytes();
       if (total_ <= 0) return absl::InvalidArgumentError("total_bytes must be > 0 in the first message");
       if (total_ > env_->config.max_upload_bytes) {
@@ -132,6 +182,11 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
         s = env_->book.BeginLoad(name_);
         if (!s.ok()) return s;
         reserved_ = true;
+        s = CheckAdapterQuota(*env_, *engine_, call_.caller(), name_, total_, /*already_counted=*/true);
+        if (!s.ok()) {
+          call_.set_retry_after(absl::Seconds(1));
+          return s;
+        }
       }
       auto dir = transfer::MakeUniqueDir(env_->config.upload_dir, "upload-");
       if (!dir.ok()) return dir.status();
@@ -151,7 +206,8 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
     // The files' SHA-256s were verified as they arrived.
     const absl::StatusOr<std::string> checksum = transfer::AdapterChecksum(writer_->sha256s());
     if (!reserved_) {
-      absl::StatusOr<std::optional<pb::Adapter>> same = AlreadyLoaded(*env_, *engine_, name_, checksum);
+      absl::StatusOr<std::optional<pb::Adapter>> same =
+          AlreadyLoaded(*env_, call_.tenant(), *engine_, name_, checksum);
       if (!same.ok()) return Fail(same.status());
       if (same->has_value()) {
         // Nothing to load; the copy goes.
@@ -177,7 +233,12 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
     p.checksum = checksum.ok() ? *checksum : std::string();
     env_->book.EndLoad(name_, std::move(p));
     reserved_ = false;
-    *response_->mutable_adapter() = Describe(*env_, *engine_, *info);
+    s = EnforceBytesQuota(*env_, *engine_, call_.caller(), name_);
+    if (!s.ok()) {
+      call_.set_retry_after(absl::Seconds(1));
+      return Fail(s);
+    }
+    *response_->mutable_adapter() = Describe(*env_, call_.tenant(), *engine_, *info);
     call_.LogEvent("adapter_loaded",
                    absl::StrFormat("name=%s source=upload checksum=%s bytes=%d files_bytes=%d "
                                    "load_ms=%.1f",
@@ -273,15 +334,22 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
   bool first_sent_ = false;
 };
 
-// Records `name` as the call's adapter; then the engine if the caller is admitted and `name` is a
-// valid adapter name (UNAUTHENTICATED / UNAVAILABLE / INVALID_ARGUMENT otherwise).
-absl::StatusOr<std::shared_ptr<core::Engine>> EngineForAdapter(RpcCall& call, const std::string& name) {
+// The engine and the engine's name of the adapter a management call names.
+struct Target {
+  std::shared_ptr<core::Engine> engine;
+  std::string name;
+};
+
+// Records `name` as the call's adapter; then the engine and the adapter if the caller is admitted,
+// its role is at least `role`, and `name` resolves for `access` (UNAUTHENTICATED / UNAVAILABLE /
+// PERMISSION_DENIED / INVALID_ARGUMENT / NOT_FOUND otherwise).
+absl::StatusOr<Target> AdmitFor(RpcCall& call, const std::string& name, Role role, Access access) {
   call.set_adapter(name);
-  absl::StatusOr<std::shared_ptr<core::Engine>> engine = call.Admit();
-  if (!engine.ok()) return engine.status();
-  absl::Status valid = ValidateAdapterName(name, "name");
-  if (!valid.ok()) return valid;
-  return engine;
+  Target t;
+  LORASERVE_ASSIGN_OR_RETURN(t.engine, call.Admit());
+  LORASERVE_RETURN_IF_ERROR(RequireRole(call.caller(), role, call.rpc()));
+  LORASERVE_ASSIGN_OR_RETURN(t.name, call.Resolve(name, access, "name"));
+  return t;
 }
 
 }  // namespace
@@ -314,24 +382,35 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& root, const std:
   return resolved.string();
 }
 
-absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engine, const std::string& name,
-                                       const std::string& path) {
-  LORASERVE_ASSIGN_OR_RETURN(std::string dir, ResolveUnderRoot(env.config.adapter_root, path));
+absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engine, const TenantCall& tenant,
+                                       const std::string& name, const std::string& path) {
+  if (env.config.adapter_root.empty()) {
+    return absl::FailedPreconditionError(
+        "this server has no --adapter_root; use UploadAdapter to send adapter files");
+  }
+  LORASERVE_ASSIGN_OR_RETURN(std::string dir, ResolveUnderRoot(tenant.caller().adapter_root, path));
   RootLoad load{name, std::move(dir), false};
   // A name already taken is compared by checksum later (file I/O); a free one is reserved now, so
   // that it lists as LOADING.
   if (!engine.GetAdapter(name).ok()) {
     LORASERVE_RETURN_IF_ERROR(env.book.BeginLoad(name));
     load.reserved = true;
+    absl::Status quota = CheckAdapterQuota(env, engine, tenant.caller(), name, 0, /*already_counted=*/true);
+    if (!quota.ok()) {
+      env.book.EndLoad(name, std::nullopt);
+      return quota;
+    }
   }
   return load;
 }
 
-absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const RootLoad& load) {
+absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const TenantCall& tenant,
+                                              const RootLoad& load) {
   const absl::StatusOr<std::string> checksum = transfer::AdapterChecksumOfDir(load.dir);
   RootLoadResult out;
   if (!load.reserved) {
-    LORASERVE_ASSIGN_OR_RETURN(std::optional<pb::Adapter> same, AlreadyLoaded(env, engine, load.name, checksum));
+    LORASERVE_ASSIGN_OR_RETURN(std::optional<pb::Adapter> same,
+                               AlreadyLoaded(env, tenant, engine, load.name, checksum));
     if (same.has_value()) {
       out.adapter = *std::move(same);
       out.already_loaded = true;
@@ -351,25 +430,30 @@ absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& eng
   }
   AdapterProvenance p;
   p.origin = AdapterOrigin::kAdapterRoot;
-  p.relative_path = RelativeTo(load.dir, env.config.adapter_root).value_or("");
+  p.relative_path = RelativeTo(load.dir, tenant.caller().adapter_root).value_or("");
   p.checksum = checksum.ok() ? *checksum : std::string();
   out.relative_path = p.relative_path;
   env.book.EndLoad(load.name, std::move(p));
-  out.adapter = Describe(env, engine, *info);
+  LORASERVE_RETURN_IF_ERROR(EnforceBytesQuota(env, engine, tenant.caller(), load.name));
+  out.adapter = Describe(env, tenant, engine, *info);
   out.event = absl::StrFormat("name=%s source=adapter_root path=%s checksum=%s bytes=%d load_ms=%.1f", load.name,
                               LogValue(out.relative_path), out.adapter.checksum(), info->bytes,
                               absl::ToDoubleMilliseconds(out.took));
   return out;
 }
 
-absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const std::string& name) {
-  if (!env.config.load_on_miss || !ValidateAdapterName(name, "adapter", /*allow_empty=*/false).ok() ||
+absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const TenantCall& tenant,
+                                const std::string& name) {
+  // Only the caller's own adapters load on a miss, from its adapter directory.
+  const std::string prefix = OwnPrefix(tenant.caller());
+  if (!env.config.load_on_miss || name.empty() || !absl::StartsWith(name, prefix) ||
       engine.GetAdapter(name).ok()) {
     return absl::OkStatus();
   }
-  absl::StatusOr<RootLoad> load = BeginRootLoad(env, engine, name, name);
+  const std::string local = name.substr(prefix.size());
+  absl::StatusOr<RootLoad> load = BeginRootLoad(env, engine, tenant, name, local);
   if (!load.ok() && load.status().code() == absl::StatusCode::kNotFound) {
-    return absl::NotFoundError(absl::StrCat("adapter ", name, " not found (not loaded, and no directory ", name,
+    return absl::NotFoundError(absl::StrCat("adapter ", name, " not found (not loaded, and no directory ", local,
                                             " under the adapter root to load it from)"));
   }
   if (!load.ok() && env.book.IsLoading(name)) {  // another request is loading it: wait for that
@@ -378,7 +462,7 @@ absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const std
     return engine.GetAdapter(name).status();
   }
   if (!load.ok()) return load.status();
-  absl::StatusOr<RootLoadResult> done = FinishRootLoad(env, engine, *load);
+  absl::StatusOr<RootLoadResult> done = FinishRootLoad(env, engine, tenant, *load);
   if (!done.ok()) {
     if (load->reserved) return done.status();
     return engine.GetAdapter(name).status();
@@ -392,20 +476,24 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
                                                       pb::LoadAdapterResponse* response) {
   auto* c = new UnaryCall(env_, context, "LoadAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  auto engine_or = EngineForAdapter(c->call, request->name());
-  if (!engine_or.ok()) {
-    c->Finish(engine_or.status());
+  auto target = AdmitFor(c->call, request->name(), Role::kOperator, Access::kCreate);
+  if (!target.ok()) {
+    c->Finish(target.status());
     return reactor;
   }
-  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
-  absl::StatusOr<RootLoad> load = BeginRootLoad(*env_, *engine, request->name(), request->path());
+  std::shared_ptr<core::Engine> engine = target->engine;
+  absl::StatusOr<RootLoad> load = BeginRootLoad(*env_, *engine, c->call.tenant(), target->name, request->path());
   if (!load.ok()) {
+    if (load.status().code() == absl::StatusCode::kResourceExhausted) c->call.set_retry_after(absl::Seconds(1));
     c->Finish(load.status());
     return reactor;
   }
   env_->pool->Post([c, engine, load = *std::move(load), response] {
-    absl::StatusOr<RootLoadResult> r = FinishRootLoad(*c->env, *engine, load);
-    if (!r.ok()) return c->Finish(r.status());
+    absl::StatusOr<RootLoadResult> r = FinishRootLoad(*c->env, *engine, c->call.tenant(), load);
+    if (!r.ok()) {
+      if (r.status().code() == absl::StatusCode::kResourceExhausted) c->call.set_retry_after(absl::Seconds(1));
+      return c->Finish(r.status());
+    }
     response->set_already_loaded(r->already_loaded);
     *response->mutable_adapter() = std::move(r->adapter);
     if (!r->already_loaded) c->call.LogEvent("adapter_loaded", r->event);
@@ -424,17 +512,15 @@ grpc::ServerUnaryReactor* AdapterService::GetAdapter(grpc::CallbackServerContext
                                                      pb::GetAdapterResponse* response) {
   auto* c = new UnaryCall(env_, context, "GetAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  c->call.set_adapter(request->name());
-  auto engine = c->call.Admit();
-  absl::Status s = engine.status();
-  if (s.ok()) s = ValidateAdapterName(request->name(), "name");
+  auto target = AdmitFor(c->call, request->name(), Role::kUser, Access::kUse);
+  absl::Status s = target.status();
   if (s.ok()) {
-    if (env_->book.IsLoading(request->name())) {
+    if (env_->book.IsLoading(target->name)) {
       *response->mutable_adapter() = LoadingAdapterToProto(request->name());
     } else {
-      absl::StatusOr<core::AdapterInfo> info = (*engine)->GetAdapter(request->name());
+      absl::StatusOr<core::AdapterInfo> info = target->engine->GetAdapter(target->name);
       s = info.status();
-      if (s.ok()) *response->mutable_adapter() = Describe(*env_, **engine, *info);
+      if (s.ok()) *response->mutable_adapter() = Describe(*env_, c->call.tenant(), *target->engine, *info);
     }
   }
   c->Finish(s);
@@ -450,13 +536,16 @@ grpc::ServerUnaryReactor* AdapterService::ListAdapters(grpc::CallbackServerConte
   if (engine.ok()) {
     std::vector<pb::Adapter> all;
     std::set<std::string> listed;
+    const Caller& caller = c->call.caller();
     for (const core::AdapterInfo& info : (*engine)->ListAdapters()) {
-      all.push_back(Describe(*env_, **engine, info));
+      if (!DisplayAdapterName(caller, info.name).has_value()) continue;  // another tenant's
+      all.push_back(Describe(*env_, c->call.tenant(), **engine, info));
       listed.insert(info.name);
     }
     // A load that just finished is in the engine already while the book still says loading.
     for (const std::string& name : env_->book.Loading()) {
-      if (listed.count(name) == 0) all.push_back(LoadingAdapterToProto(name));
+      std::optional<std::string> shown = DisplayAdapterName(caller, name);
+      if (listed.count(name) == 0 && shown.has_value()) all.push_back(LoadingAdapterToProto(*shown));
     }
     std::sort(all.begin(), all.end(),
               [](const pb::Adapter& a, const pb::Adapter& b) { return a.name() < b.name(); });
@@ -481,11 +570,10 @@ grpc::ServerUnaryReactor* AdapterService::DeleteAdapter(grpc::CallbackServerCont
                                                         pb::DeleteAdapterResponse* /*response*/) {
   auto* c = new UnaryCall(env_, context, "DeleteAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  const std::string& name = request->name();
-  auto engine = EngineForAdapter(c->call, name);
-  absl::Status s = engine.status();
-  if (s.ok()) s = DeleteAdapterNamed(*env_, **engine, name);
-  if (s.ok()) c->call.LogEvent("adapter_deleted", absl::StrCat("name=", name));
+  auto target = AdmitFor(c->call, request->name(), Role::kOperator, Access::kManage);
+  absl::Status s = target.status();
+  if (s.ok()) s = DeleteAdapterNamed(*env_, *target->engine, target->name);
+  if (s.ok()) c->call.LogEvent("adapter_deleted", absl::StrCat("name=", target->name));
   c->Finish(s);
   return reactor;
 }
@@ -500,7 +588,7 @@ void FinishMergeOp(UnaryCall* c, core::Engine& engine, const std::string& name, 
   const absl::Duration took = absl::Now() - start;
   c->env->metrics->RecordAdapterMerge(op, took);
   absl::StatusOr<core::AdapterInfo> info = engine.GetAdapter(name);
-  if (info.ok()) *adapter = Describe(*c->env, engine, *info);
+  if (info.ok()) *adapter = Describe(*c->env, c->call.tenant(), engine, *info);
   c->call.LogEvent(absl::StrCat("adapter_", op, "d"),
                    absl::StrFormat("name=%s %sms=%.1f", name, fields, absl::ToDoubleMilliseconds(took)));
   c->Finish(info.status());
@@ -513,13 +601,14 @@ grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerConte
                                                        pb::MergeAdapterResponse* response) {
   auto* c = new UnaryCall(env_, context, "MergeAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  const std::string name = request->name();
-  auto engine_or = EngineForAdapter(c->call, name);
-  if (!engine_or.ok()) {
-    c->Finish(engine_or.status());
+  // A merge changes the weights every tenant's requests run on: admins only.
+  auto target = AdmitFor(c->call, request->name(), Role::kAdmin, Access::kManage);
+  if (!target.ok()) {
+    c->Finish(target.status());
     return reactor;
   }
-  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  std::shared_ptr<core::Engine> engine = target->engine;
+  const std::string name = target->name;
   const absl::Time start = absl::Now();
   engine->MergeAdapter(name, [c, engine, name, response, start](absl::StatusOr<bool> merged) {
     // Engine thread: hand the follow-up (which calls back into the engine) to the pool.
@@ -539,13 +628,14 @@ grpc::ServerUnaryReactor* AdapterService::UnmergeAdapter(grpc::CallbackServerCon
                                                          pb::UnmergeAdapterResponse* response) {
   auto* c = new UnaryCall(env_, context, "UnmergeAdapter");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  const std::string name = request->name();
-  auto engine_or = EngineForAdapter(c->call, name);
-  if (!engine_or.ok()) {
-    c->Finish(engine_or.status());
+  // A merge changes the weights every tenant's requests run on: admins only.
+  auto target = AdmitFor(c->call, request->name(), Role::kAdmin, Access::kManage);
+  if (!target.ok()) {
+    c->Finish(target.status());
     return reactor;
   }
-  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  std::shared_ptr<core::Engine> engine = target->engine;
+  const std::string name = target->name;
   const absl::Time start = absl::Now();
   engine->UnmergeAdapter(name, [c, engine, name, response, start](absl::Status done) {
     c->env->pool->Post([c, engine, name, response, start, done] {
@@ -562,8 +652,10 @@ grpc::ServerUnaryReactor* AdapterService::UnloadAll(grpc::CallbackServerContext*
   auto* c = new UnaryCall(env_, context, "UnloadAll");
   grpc::ServerUnaryReactor* reactor = c->reactor();
   auto engine_or = c->call.Admit();
-  if (!engine_or.ok()) {
-    c->Finish(engine_or.status());
+  absl::Status s = engine_or.status();
+  if (s.ok()) s = RequireRole(c->call.caller(), Role::kAdmin, "UnloadAll");
+  if (!s.ok()) {
+    c->Finish(s);
     return reactor;
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
@@ -584,35 +676,42 @@ grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerCo
                                                           pb::CombineAdaptersResponse* response) {
   auto* c = new UnaryCall(env_, context, "CombineAdapters");
   grpc::ServerUnaryReactor* reactor = c->reactor();
-  const std::string name = request->name();
-  auto engine_or = EngineForAdapter(c->call, name);
-  absl::Status s = engine_or.status();
+  auto target = AdmitFor(c->call, request->name(), Role::kOperator, Access::kCreate);
+  absl::Status s = target.status();
   std::vector<std::string> sources;
   for (const auto& src : request->sources()) {
-    if (s.ok()) s = ValidateAdapterName(src.name(), "sources.name");
-    sources.push_back(src.name());
+    if (!s.ok()) break;
+    absl::StatusOr<std::string> source = c->call.tenant().Resolve(src.name(), Access::kUse, "sources.name");
+    s = source.status();
+    if (s.ok()) sources.push_back(*source);
   }
   absl::StatusOr<core::CombineOptions> options = CombineOptionsFromProto(*request);
   if (s.ok()) s = options.status();
-  if (s.ok() && env_->book.IsLoading(name)) {
-    s = absl::AlreadyExistsError(absl::StrCat("adapter ", name, " is being loaded"));
+  if (s.ok() && env_->book.IsLoading(target->name)) {
+    s = absl::AlreadyExistsError(absl::StrCat("adapter ", target->name, " is being loaded"));
+  }
+  if (s.ok() && !target->engine->GetAdapter(target->name).ok()) {
+    s = CheckAdapterQuota(*env_, *target->engine, c->call.caller(), target->name, 0, /*already_counted=*/false);
+    if (!s.ok()) c->call.set_retry_after(absl::Seconds(1));
   }
   if (!s.ok()) {
     c->Finish(s);
     return reactor;
   }
-  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  const std::string name = target->name;
+  std::shared_ptr<core::Engine> engine = target->engine;
   const std::string model_name = engine->model_name();
   const std::string type = core::CombinationTypeName(options->type);
   engine->CombineAdapters(
       name, sources, *options,
-      [c, response, model_name, type, sources](absl::StatusOr<core::AdapterInfo> info) {
+      [c, engine, response, model_name, type, sources](absl::StatusOr<core::AdapterInfo> info) {
         if (info.ok()) {
           AdapterProvenance p;
           p.origin = AdapterOrigin::kCombined;
           c->env->book.Record(info->name, p);
           *response->mutable_adapter() =
-              AdapterToProto(*info, p, c->env->config.adapter_root, model_name);
+              AdapterToProto(*info, p, c->call.caller().adapter_root, model_name);
+          response->mutable_adapter()->set_name(c->call.tenant().Display(info->name));
           c->call.LogEvent("adapter_combined",
                            absl::StrFormat("name=%s type=%s sources=%s rank=%d", info->name, type,
                                            absl::StrJoin(sources, ","), info->max_rank));
@@ -625,14 +724,13 @@ grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerCo
 grpc::ServerWriteReactor<pb::SaveAdapterResponse>* AdapterService::SaveAdapter(
     grpc::CallbackServerContext* context, const pb::SaveAdapterRequest* request) {
   auto* r = new FileStreamReactor<pb::SaveAdapterResponse>(env_, context, "SaveAdapter");
-  const std::string name = request->name();
-  auto engine_or = EngineForAdapter(r->call(), name);
-  absl::Status s = engine_or.status();
-  if (!s.ok()) {
-    r->FinishWith(s);
+  auto target = AdmitFor(r->call(), request->name(), Role::kOperator, Access::kUse);
+  if (!target.ok()) {
+    r->FinishWith(target.status());
     return r;
   }
-  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  std::shared_ptr<core::Engine> engine = target->engine;
+  const std::string name = target->name;
   r->Start([engine, name](const std::string& dir, std::function<void(absl::Status)> done) {
     engine->SaveAdapter(name, dir, std::move(done));
   });
@@ -646,11 +744,15 @@ grpc::ServerWriteReactor<pb::ExportMergedModelResponse>* AdapterService::ExportM
   r->call().set_adapter(absl::StrJoin(names, ","));
   auto engine_or = r->call().Admit();
   absl::Status s = engine_or.status();
+  if (s.ok()) s = RequireRole(r->call().caller(), Role::kOperator, "ExportMergedModel");
   if (s.ok() && static_cast<int>(names.size()) > kMaxExportAdapters) {
     s = absl::InvalidArgumentError(absl::StrCat("at most ", kMaxExportAdapters, " adapters"));
   }
-  for (const auto& n : names) {
-    if (s.ok()) s = ValidateAdapterName(n, "adapters");
+  for (auto& n : names) {
+    if (!s.ok()) break;
+    absl::StatusOr<std::string> internal = r->call().tenant().Resolve(n, Access::kUse, "adapters");
+    s = internal.status();
+    if (s.ok()) n = *internal;
   }
   if (!s.ok()) {
     r->FinishWith(s);

@@ -25,15 +25,20 @@ struct RootLoadResult {
   std::string relative_path;
   std::string event;  // the adapter_loaded event's fields (empty when already loaded)
 };
-absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engine, const std::string& name,
-                                       const std::string& path);
-absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const RootLoad& load);
-// Load-on-miss (ServiceConfig::load_on_miss) for any transport: when `name` is not loaded, loads
-// <adapter_root>/<name> as LoadAdapter would (blocking), or waits for a concurrent load of it.
-// OK when the adapter is loaded afterwards, or when load-on-miss is off or `name` is not a valid
-// adapter name (the caller's own checks then answer); otherwise the load's error (NotFound without
-// such a directory).
-absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const std::string& name);
+// `name` is the engine's name (TenantCall::Resolve); `path` resolves below the caller's adapter
+// directory; the adapter quota is checked when the name is free.
+absl::StatusOr<RootLoad> BeginRootLoad(ServiceEnv& env, const core::Engine& engine, const TenantCall& tenant,
+                                       const std::string& name, const std::string& path);
+// Also enforces the byte quota (the adapter is deleted again when over it).
+absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& engine, const TenantCall& tenant,
+                                              const RootLoad& load);
+// Load-on-miss (ServiceConfig::load_on_miss) for any transport: when the caller's own adapter
+// `name` (the engine's name) is not loaded, loads it from the caller's adapter directory as
+// LoadAdapter would (blocking), or waits for a concurrent load of it. OK when the adapter is
+// loaded afterwards, or when load-on-miss is off or `name` is not the caller's own (the caller's
+// own checks then answer); otherwise the load's error (NotFound without such a directory).
+absl::Status EnsureLoadedOnMiss(ServiceEnv& env, core::Engine& engine, const TenantCall& tenant,
+                                const std::string& name);
 // DeleteAdapter for any transport: FailedPrecondition while loading; uploads' files are removed.
 absl::Status DeleteAdapterNamed(ServiceEnv& env, core::Engine& engine, const std::string& name);
 

@@ -16,11 +16,46 @@
 
 namespace loraserve::server {
 
-BearerTokenAuth::Digest BearerTokenAuth::DigestOf(absl::string_view token) {
-  Digest d{};
+TokenDigest DigestOfToken(absl::string_view token) {
+  TokenDigest d{};
   unsigned int len = 0;
   EVP_Digest(token.data(), token.size(), d.data(), &len, EVP_sha256(), nullptr);
   return d;
+}
+
+bool ValidToken(absl::string_view token) {
+  if (token.empty() || token.size() > 4096) return false;
+  for (char c : token) {
+    if (c <= ' ' || c > '~') return false;
+  }
+  return true;
+}
+
+absl::StatusOr<absl::string_view> BearerTokenOf(std::optional<absl::string_view> authorization) {
+  if (!authorization.has_value()) {
+    return absl::UnauthenticatedError(
+        "missing authorization metadata: this server requires \"authorization: Bearer <token>\"");
+  }
+  absl::string_view value = *authorization;
+  constexpr absl::string_view kScheme = "bearer ";
+  absl::string_view token;
+  if (value.size() > kScheme.size() && absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme)) {
+    token = absl::StripAsciiWhitespace(value.substr(kScheme.size()));
+  }
+  if (token.empty()) {
+    return absl::UnauthenticatedError("malformed authorization metadata: expected \"Bearer <token>\"");
+  }
+  return token;
+}
+
+int MatchDigest(const TokenDigest& presented, const std::vector<TokenDigest>& known) {
+  // No early exit: every digest is compared, and the index is selected without a branch.
+  int match = -1;
+  for (size_t i = 0; i < known.size(); ++i) {
+    const int same = CRYPTO_memcmp(presented.data(), known[i].data(), presented.size()) == 0;
+    match = same * static_cast<int>(i) + (1 - same) * match;
+  }
+  return match;
 }
 
 absl::StatusOr<std::unique_ptr<BearerTokenAuth>> BearerTokenAuth::FromFile(const std::string& path) {
@@ -39,22 +74,20 @@ absl::StatusOr<std::unique_ptr<BearerTokenAuth>> BearerTokenAuth::FromFile(const
 
 absl::StatusOr<std::unique_ptr<BearerTokenAuth>> BearerTokenAuth::FromText(absl::string_view text,
                                                                            absl::string_view source) {
-  std::vector<Digest> digests;
+  std::vector<TokenDigest> digests;
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line.front() == '#') continue;
-    for (char c : line) {
-      // RFC 6750 tokens are printable ASCII without spaces; anything else would never match what
-      // a client can send.
-      if (c <= ' ' || c > '~') {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "auth tokens file ", source, " line ", line_number,
-            ": a token must be printable ASCII without whitespace (one token per line)"));
-      }
+    // RFC 6750 tokens are printable ASCII without spaces; anything else would never match what a
+    // client can send.
+    if (!ValidToken(line)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "auth tokens file ", source, " line ", line_number,
+          ": a token must be printable ASCII without whitespace (one token per line)"));
     }
-    digests.push_back(DigestOf(line));
+    digests.push_back(DigestOfToken(line));
   }
   if (digests.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -65,31 +98,12 @@ absl::StatusOr<std::unique_ptr<BearerTokenAuth>> BearerTokenAuth::FromText(absl:
 }
 
 absl::Status BearerTokenAuth::Check(std::optional<absl::string_view> authorization) const {
-  if (!authorization.has_value()) {
-    return absl::UnauthenticatedError(
-        "missing authorization metadata: this server requires \"authorization: Bearer <token>\"");
+  absl::StatusOr<absl::string_view> token = BearerTokenOf(authorization);
+  if (!token.ok()) return token.status();
+  // Thanks to hashing, the time taken does not depend on the presented token's length either.
+  if (MatchDigest(DigestOfToken(*token), digests_) < 0) {
+    return absl::UnauthenticatedError("unknown bearer token");
   }
-  absl::string_view value = *authorization;
-  constexpr absl::string_view kScheme = "bearer ";
-  if (value.size() <= kScheme.size() ||
-      !absl::EqualsIgnoreCase(value.substr(0, kScheme.size()), kScheme)) {
-    return absl::UnauthenticatedError(
-        "malformed authorization metadata: expected \"Bearer <token>\"");
-  }
-  const absl::string_view token = absl::StripAsciiWhitespace(value.substr(kScheme.size()));
-  if (token.empty()) {
-    return absl::UnauthenticatedError(
-        "malformed authorization metadata: expected \"Bearer <token>\"");
-  }
-  // Compare against every known digest without stopping early: the time taken does not depend on
-  // which token (if any) matched, nor, thanks to hashing, on the presented token's length.
-  const Digest presented = DigestOf(token);
-  int differs_from_all = 1;
-  for (const Digest& known : digests_) {
-    const int differs = CRYPTO_memcmp(presented.data(), known.data(), presented.size()) != 0;
-    differs_from_all &= differs;
-  }
-  if (differs_from_all != 0) return absl::UnauthenticatedError("unknown bearer token");
   return absl::OkStatus();
 }
 

@@ -20,6 +20,18 @@ namespace loraserve::server {
 
 inline constexpr char kAuthorizationKey[] = "authorization";
 
+using TokenDigest = std::array<unsigned char, 32>;
+// SHA-256 of a token.
+TokenDigest DigestOfToken(absl::string_view token);
+// Whether `token` is printable ASCII without whitespace (RFC 6750), 1 to 4096 bytes.
+bool ValidToken(absl::string_view token);
+// The token of an `authorization` value "Bearer <token>" (scheme case-insensitive); Unauthenticated
+// saying whether the value was missing or malformed.
+absl::StatusOr<absl::string_view> BearerTokenOf(std::optional<absl::string_view> authorization);
+// The index of the digest in `known` equal to `presented`, comparing with every one of them in
+// constant time (the time does not depend on which one matched); -1 when none does.
+int MatchDigest(const TokenDigest& presented, const std::vector<TokenDigest>& known);
+
 class BearerTokenAuth {
  public:
   // Reads one token per line; surrounding whitespace is dropped, blank lines and lines starting
@@ -37,13 +49,12 @@ class BearerTokenAuth {
   absl::Status Check(std::optional<absl::string_view> authorization) const;
 
   int size() const { return static_cast<int>(digests_.size()); }
+  const std::vector<TokenDigest>& digests() const { return digests_; }
 
  private:
-  using Digest = std::array<unsigned char, 32>;
-  explicit BearerTokenAuth(std::vector<Digest> digests) : digests_(std::move(digests)) {}
-  static Digest DigestOf(absl::string_view token);
+  explicit BearerTokenAuth(std::vector<TokenDigest> digests) : digests_(std::move(digests)) {}
 
-  std::vector<Digest> digests_;
+  std::vector<TokenDigest> digests_;
 };
 
 }  // namespace loraserve::server

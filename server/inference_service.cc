@@ -65,12 +65,23 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
 
   void OnCancel() override {
     std::shared_ptr<core::RequestHandle> cancel;
+    bool waiting;
+    bool deadline_passed;
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
       // gRPC cancels the call when its deadline passes (its timer may fire a little early).
       deadline_passed_ = absl::Now() + absl::Milliseconds(50) >= deadline_;
       cancel = handle_;
+      waiting = queued_ && !resumed_;
+      deadline_passed = deadline_passed_;
+    }
+    // Still waiting for one of the tenant's request slots: it will not run.
+    if (waiting && call_.tenant().Withdraw()) {
+      return FinishEarly(deadline_passed ? absl::DeadlineExceededError(
+                                                "the caller's deadline passed while the request waited for "
+                                                "one of its tenant's concurrent_requests slots")
+                                          : absl::CancelledError("cancelled while waiting for a request slot"));
     }
     // on_done follows (Cancelled / DeadlineExceeded) and finishes the call.
     if (cancel != nullptr) cancel->Cancel();
@@ -79,14 +90,42 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   void OnDone() override { delete this; }
 
  private:
+  // Authenticates, resolves the adapter and takes one of the tenant's request slots (or waits
+  // for one: Run then starts from the work pool).
   void Start(const pb::GenerateRequest& request) {
+    request_ = &request;
+    deadline_ = DeadlineOf(context_);
     call_.set_adapter(request.adapter());
     auto engine_or = call_.Admit();
     if (!engine_or.ok()) return FinishEarly(engine_or.status());
-    std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+    engine_ = *std::move(engine_or);
+    absl::StatusOr<std::string> adapter =
+        call_.Resolve(request.adapter(), Access::kUse, "adapter", /*allow_empty=*/true);
+    if (!adapter.ok()) return FinishEarly(adapter.status());
+    adapter_ = *std::move(adapter);
+    absl::Duration retry_after;
+    absl::StatusOr<bool> admitted = call_.tenant().Enter(
+        [this] {
+          {
+            absl::MutexLock lock(&mu_);
+            resumed_ = true;
+          }
+          Run();
+        },
+        &retry_after);
+    if (!admitted.ok()) {
+      call_.set_retry_after(retry_after > absl::ZeroDuration() ? retry_after : env_->metrics->RetryAfterHint());
+      return FinishEarly(admitted.status());
+    }
+    if (*admitted) return Run();
+    absl::MutexLock lock(&mu_);
+    queued_ = true;
+  }
 
-    absl::Status valid = ValidateAdapterName(request.adapter(), "adapter", /*allow_empty=*/true);
-    if (valid.ok()) valid = EnsureLoadedOnMiss(*env_, *engine, request.adapter());
+  void Run() {
+    const pb::GenerateRequest& request = *request_;
+    std::shared_ptr<core::Engine> engine = engine_;
+    absl::Status valid = EnsureLoadedOnMiss(*env_, *engine, call_.tenant(), adapter_);
     if (!valid.ok()) return FinishEarly(valid);
     auto sampling = SamplingFromProto(request.sampling());
     if (!sampling.ok()) return FinishEarly(sampling.status());
@@ -97,7 +136,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     }
     core::GenerateRequest req;
     req.request_id = call_.request_id();
-    req.adapter = request.adapter();
+    req.adapter = adapter_;
     if (has_text) {
       req.prompt_ids = engine->Tokenize(request.text(), /*add_special_tokens=*/true,
                                         /*parse_special=*/false);
@@ -108,8 +147,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     }
     logprobs_ = sampling->logprobs;
     req.sampling = *std::move(sampling);
-    req.deadline = DeadlineOf(context_);
-    deadline_ = req.deadline;
+    req.deadline = deadline_;
     call_.set_tokens(static_cast<int64_t>(req.prompt_ids.size()), 0);
 
     core::GenerateCallbacks callbacks;
@@ -220,6 +258,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   ServiceEnv* const env_;
   grpc::CallbackServerContext* const context_;
   RpcCall call_;
+  const pb::GenerateRequest* request_ = nullptr;  // owned by gRPC until OnDone
+  std::shared_ptr<core::Engine> engine_;
+  std::string adapter_;  // the engine's name
   bool logprobs_ = false;
   absl::Time deadline_ = absl::InfiniteFuture();
 
@@ -234,6 +275,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool deadline_passed_ ABSL_GUARDED_BY(mu_) = false;
+  bool queued_ ABSL_GUARDED_BY(mu_) = false;   // waited for a tenant request slot
+  bool resumed_ ABSL_GUARDED_BY(mu_) = false;  // ... and got one
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
   // Set once with finished_; read by the one thread that finishes the call.
   absl::Status finish_status_;
@@ -256,20 +299,12 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* InferenceService::Generate(
   return new GenerateReactor(env_, context, *request);
 }
 
-grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* context,
-                                                  const pb::ScoreRequest* request,
-                                                  pb::ScoreResponse* response) {
-  auto* c = new UnaryCall(env_, context, "Score");
-  grpc::ServerUnaryReactor* reactor = c->reactor();
-  c->call.set_adapter(request->adapter());
-  auto engine_or = c->call.Admit();
-  if (!engine_or.ok()) {
-    c->Finish(engine_or.status());
-    return reactor;
-  }
-  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
-  absl::Status valid = ValidateAdapterName(request->adapter(), "adapter", /*allow_empty=*/true);
-  if (valid.ok()) valid = EnsureLoadedOnMiss(*env_, *engine, request->adapter());
+namespace {
+
+// Score once the caller holds one of its tenant's request slots. `adapter`: the engine's name.
+void RunScore(UnaryCall* c, std::shared_ptr<core::Engine> engine, const pb::ScoreRequest* request,
+              pb::ScoreResponse* response, const std::string& adapter) {
+  absl::Status valid = EnsureLoadedOnMiss(*c->env, *engine, c->call.tenant(), adapter);
   const int64_t n = request->token_ids_size();
   if (valid.ok() && n == 0) valid = absl::InvalidArgumentError("token_ids is empty");
   if (valid.ok() && n > engine->max_context()) {
@@ -281,24 +316,22 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
         absl::StrCat("top_logprobs must be in [0, ", core::kMaxTopLogprobs, "]"));
   }
   if (valid.ok()) valid = ValidateTokenIds(request->token_ids(), engine->vocab_size(), "token_ids");
+  const int64_t max_message_bytes = c->env->config.max_message_bytes;
   if (valid.ok()) {
     const int64_t bytes = ScoreReplyBytes(n, engine->vocab_size(), request->full_logits(),
                                           request->top_logprobs());
-    if (bytes > env_->config.max_message_bytes) {
+    if (bytes > max_message_bytes) {
       valid = absl::InvalidArgumentError(absl::StrCat(
           "the reply (about ", bytes, " bytes for ", n, " tokens",
           request->full_logits() ? absl::StrCat(" x ", engine->vocab_size(), " float32 logits") : "",
-          ") would exceed the server's max message size of ", env_->config.max_message_bytes,
+          ") would exceed the server's max message size of ", max_message_bytes,
           " bytes; ask for top_logprobs instead of full_logits, or score fewer tokens"));
     }
   }
-  if (!valid.ok()) {
-    c->Finish(valid);
-    return reactor;
-  }
+  if (!valid.ok()) return c->Finish(valid);
   core::ScoreRequest req;
   req.request_id = c->call.request_id();
-  req.adapter = request->adapter();
+  req.adapter = adapter;
   req.token_ids.assign(request->token_ids().begin(), request->token_ids().end());
   req.full_logits = request->full_logits();
   req.top_logprobs = request->top_logprobs();
@@ -321,6 +354,43 @@ grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* c
     c->env->metrics->RecordScore(c->call.adapter(), n);
     c->Finish(absl::OkStatus());
   });
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* InferenceService::Score(grpc::CallbackServerContext* context,
+                                                  const pb::ScoreRequest* request,
+                                                  pb::ScoreResponse* response) {
+  auto* c = new UnaryCall(env_, context, "Score");
+  grpc::ServerUnaryReactor* reactor = c->reactor();
+  c->call.set_adapter(request->adapter());
+  auto engine_or = c->call.Admit();
+  if (!engine_or.ok()) {
+    c->Finish(engine_or.status());
+    return reactor;
+  }
+  std::shared_ptr<core::Engine> engine = *std::move(engine_or);
+  absl::StatusOr<std::string> adapter =
+      c->call.Resolve(request->adapter(), Access::kUse, "adapter", /*allow_empty=*/true);
+  if (!adapter.ok()) {
+    c->Finish(adapter.status());
+    return reactor;
+  }
+  absl::Duration retry_after;
+  // A Score waiting for a slot has no cancellation callback (a unary call): when its turn comes
+  // after the caller gave up, it ends without running.
+  absl::StatusOr<bool> admitted = c->call.tenant().Enter(
+      [c, engine, request, response, adapter = *adapter, context] {
+        if (context->IsCancelled()) return c->Finish(absl::CancelledError("cancelled while waiting for a request slot"));
+        RunScore(c, engine, request, response, adapter);
+      },
+      &retry_after);
+  if (!admitted.ok()) {
+    c->call.set_retry_after(retry_after > absl::ZeroDuration() ? retry_after : env_->metrics->RetryAfterHint());
+    c->Finish(admitted.status());
+    return reactor;
+  }
+  if (*admitted) RunScore(c, engine, request, response, *adapter);
   return reactor;
 }
 

@@ -97,6 +97,10 @@ ABSL_FLAG(std::string, auth_tokens_file, "",
           "bearer tokens, one per line (blank lines and # comments ignored): every "
           "loraserve.v1 call must send `authorization: Bearer <token>` with one of them, else "
           "UNAUTHENTICATED; health and reflection stay open. Empty = no authentication");
+ABSL_FLAG(std::string, tenants_file, "",
+          "tenants (JSON, README: Tenants): each with bearer tokens, a role (admin, operator, "
+          "user), quotas and its own adapter names; excludes --auth_tokens_file. SIGHUP rereads "
+          "it (a bad file keeps the current tenants). Empty = one tenant");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound gRPC port is written to this file once the server is ready");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -187,6 +191,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   loraserve::server::ServerOptions options;
@@ -207,6 +212,7 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  options.tenants_file = absl::GetFlag(FLAGS_tenants_file);
   auto server = loraserve::server::Server::Start(options);
   if (!server.ok()) {
     Log(server.status().ToString());
@@ -234,7 +240,8 @@ int main(int argc, char** argv) {
   }
 
   int sig = 0;
-  sigwait(&signals, &sig);
+  // SIGHUP rereads --tenants_file (the server logs the outcome; a bad file keeps the old one).
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) (void)(*server)->ReloadTenants();
   Log(absl::StrCat("signal ", sig, ", draining (grace ",
                    absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace)), ")"));
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));

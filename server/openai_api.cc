@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "core/base/status_macros.h"
 #include "core/engine/engine.h"
@@ -92,7 +93,8 @@ struct Completion {
 
 // Parses and checks `body`; `param` names the offending field on error (InvalidArgument; NotFound
 // for an unknown model).
-absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engine, std::string* param) {
+absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engine, TenantCall& tenant,
+                                           std::string* param) {
   if (!body.is_object()) return absl::InvalidArgumentError("the request body must be a JSON object");
   static const char* const kKnown[] = {"model", "prompt", "max_tokens", "temperature", "top_p", "stop",
                                        "seed", "stream", "stream_options", "logprobs", "echo", "n",
@@ -115,13 +117,16 @@ absl::StatusOr<Completion> ParseCompletion(const Json& body, core::Engine& engin
   }
   c.model = body["model"].get<std::string>();
   if (c.model != engine.model_name()) {
-    absl::Status valid = ValidateAdapterName(c.model, "model", /*allow_empty=*/false);
-    if (!valid.ok()) return bad("model", std::string(valid.message()));
-    if (!engine.GetAdapter(c.model).ok()) {
+    absl::StatusOr<std::string> adapter = tenant.Resolve(c.model, Access::kUse, "model");
+    if (!adapter.ok() && adapter.status().code() != absl::StatusCode::kNotFound) {
+      return bad("model", std::string(adapter.status().message()));
+    }
+    // Another tenant's adapter is as unknown as a missing one.
+    if (!adapter.ok() || !engine.GetAdapter(*adapter).ok()) {
       *param = "model";
       return absl::NotFoundError(absl::StrCat("The model '", c.model, "' does not exist"));
     }
-    c.adapter = c.model;
+    c.adapter = *std::move(adapter);
   }
   if (!body.contains("prompt")) return bad("prompt", "'prompt' is required");
   const Json& prompt = body["prompt"];
@@ -335,11 +340,13 @@ Json UsageOf(const core::RequestStats& stats) {
 }
 
 // The bearer token check of the gRPC services, on the Authorization header.
-absl::Status Authenticate(const ServiceEnv& env, const Request& request) {
-  if (env.auth == nullptr) return absl::OkStatus();
+absl::Status Authenticate(TenantCall& tenant, const Request& request) {
   const std::string header = request.header("authorization");
-  return env.auth->Check(header.empty() ? std::nullopt : std::optional<absl::string_view>(header));
+  return tenant.Authenticate(header.empty() ? std::nullopt : std::optional<absl::string_view>(header));
 }
+
+// How long a completion waits for one of its tenant's request slots before it is refused.
+constexpr absl::Duration kMaxSlotWait = absl::Seconds(60);
 
 std::string Sse(const Json& j) { return absl::StrCat("data: ", j.dump(), "\n\n"); }
 
@@ -359,7 +366,8 @@ HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
     env_->metrics->RecordRpc("OpenAI.Models", s.code(), absl::Now() - start);
     return ErrorOf(s);
   };
-  if (absl::Status s = Authenticate(*env_, request); !s.ok()) return fail(s);
+  TenantCall tenant(env_);
+  if (absl::Status s = Authenticate(tenant, request); !s.ok()) return fail(s);
   auto engine = env_->engine.ForNewCall();
   if (!engine.ok()) return fail(engine.status());
   const int64_t created = absl::ToUnixSeconds(absl::Now());
@@ -367,8 +375,10 @@ HttpEndpoint::Response OpenAiApi::Models(const Request& request) {
   data.push_back({{"id", (*engine)->model_name()}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
                   {"root", (*engine)->model_name()}, {"parent", nullptr}, {"max_model_len", (*engine)->max_context()}});
   for (const core::AdapterInfo& a : (*engine)->ListAdapters()) {
-    data.push_back({{"id", a.name}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
-                    {"root", a.name}, {"parent", (*engine)->model_name()}});
+    std::optional<std::string> id = DisplayAdapterName(tenant.caller(), a.name);
+    if (!id.has_value()) continue;  // another tenant's
+    data.push_back({{"id", *id}, {"object", "model"}, {"created", created}, {"owned_by", "loraserve"},
+                    {"root", *id}, {"parent", (*engine)->model_name()}});
   }
   env_->metrics->RecordRpc("OpenAI.Models", absl::StatusCode::kOk, absl::Now() - start);
   return HttpEndpoint::Reply(200, Json{{"object", "list"}, {"data", data}}.dump() + "\n", "application/json");
@@ -387,7 +397,10 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
     r.headers[kRequestIdKey] = request_id;
     return r;
   };
-  auto fail = [&](const absl::Status& s, const std::string& param = "", const std::string& model = "") {
+  auto tenant = std::make_shared<TenantCall>(env_);
+  absl::Duration retry_after = absl::ZeroDuration();
+  auto fail = [&](const absl::Status& engine_status, const std::string& param = "", const std::string& model = "") {
+    const absl::Status s = tenant->Rename(engine_status);
     Response r = ErrorOf(s, param);
     if (s.code() == absl::StatusCode::kNotFound && param == "model") {
       r = Error(404, std::string(s.message()), "model", "model_not_found");
@@ -396,11 +409,12 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
       r = Error(400, std::string(s.message()), "messages", "chat_template_missing");
     }
     if (s.code() == absl::StatusCode::kResourceExhausted) {
-      r.headers[kRetryAfterKey] = std::to_string(absl::ToInt64Milliseconds(env_->metrics->RetryAfterHint()));
+      const absl::Duration hint = retry_after > absl::ZeroDuration() ? retry_after : env_->metrics->RetryAfterHint();
+      r.headers[kRetryAfterKey] = std::to_string(absl::ToInt64Milliseconds(hint));
     }
     return finish(std::move(r), s.code(), model);
   };
-  if (absl::Status s = Authenticate(*env_, request); !s.ok()) return fail(s);
+  if (absl::Status s = Authenticate(*tenant, request); !s.ok()) return fail(s);
   auto engine_or = env_->engine.ForNewCall();
   if (!engine_or.ok()) return fail(engine_or.status());
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
@@ -409,18 +423,33 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   std::string param;
   if (body.is_object() && body.contains("model") && body["model"].is_string() &&
       body["model"].get<std::string>() != engine->model_name()) {
-    if (absl::Status s = EnsureLoadedOnMiss(*env_, *engine, body["model"].get<std::string>()); !s.ok()) {
-      return fail(s, "model", body["model"].get<std::string>());
-    }
+    absl::StatusOr<std::string> adapter = tenant->Resolve(body["model"].get<std::string>(), Access::kUse, "model");
+    absl::Status s = adapter.ok() ? EnsureLoadedOnMiss(*env_, *engine, *tenant, *adapter) : absl::OkStatus();
+    if (!s.ok()) return fail(s, "model", body["model"].get<std::string>());
   }
   if (chat) {
     absl::StatusOr<Json> as_completion = ChatAsCompletion(body, *engine, &param);
     if (!as_completion.ok()) return fail(as_completion.status(), param);
     body = *std::move(as_completion);
   }
-  absl::StatusOr<Completion> parsed = ParseCompletion(body, *engine, &param);
+  absl::StatusOr<Completion> parsed = ParseCompletion(body, *engine, *tenant, &param);
   if (!parsed.ok()) return fail(parsed.status(), param);
   Completion c = *std::move(parsed);
+
+  // One of the tenant's request slots, waiting for it if need be (this is an HTTP thread); freed
+  // when the generation ends.
+  auto slot = std::make_shared<absl::Notification>();
+  absl::StatusOr<bool> admitted = tenant->Enter([slot] { slot->Notify(); }, &retry_after);
+  if (!admitted.ok()) return fail(admitted.status(), "", c.model);
+  if (!*admitted && !slot->WaitForNotificationWithTimeout(kMaxSlotWait)) {
+    if (tenant->Withdraw()) {
+      return fail(absl::ResourceExhaustedError(absl::StrCat(
+                      "waited ", absl::FormatDuration(kMaxSlotWait),
+                      " for one of the tenant's concurrent_requests slots")),
+                  "", c.model);
+    }
+    slot->WaitForNotification();  // admitted just now
+  }
 
   auto pending = std::make_shared<Pending>();
   core::GenerateRequest req;
@@ -435,8 +464,10 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   };
   ServiceEnv* env = env_;
   const std::string adapter = c.adapter;
-  callbacks.on_done = [pending, env, adapter](absl::StatusOr<core::GenerationResult> r, const core::RequestStats& stats) {
+  callbacks.on_done = [pending, env, adapter, tenant](absl::StatusOr<core::GenerationResult> r,
+                                                     const core::RequestStats& stats) {
     env->metrics->RecordGeneration(adapter, stats);
+    tenant->Leave(stats.prompt_tokens + stats.completion_tokens);
     absl::MutexLock lock(&pending->mu);
     pending->result = std::move(r);
     pending->stats = stats;
@@ -469,9 +500,9 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
 
   if (!c.stream) {
     // The whole answer, or the error (status and OpenAI error JSON), once generation is done.
-    auto answer = [pending, engine, c, choice, envelope]() -> std::pair<absl::Status, std::string> {
+    auto answer = [pending, engine, c, choice, envelope, tenant]() -> std::pair<absl::Status, std::string> {
       absl::MutexLock lock(&pending->mu);
-      if (!pending->result.ok()) return {pending->result.status(), ""};
+      if (!pending->result.ok()) return {tenant->Rename(pending->result.status()), ""};
       const std::string prefix = c.echo ? c.prompt_text : "";
       const std::vector<core::TokenEvent> events(pending->events.begin(), pending->events.end());
       Json logprobs = c.logprobs >= 0 ? LogprobsOf(events, prefix.size(), *engine) : Json(nullptr);
@@ -516,7 +547,7 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   r.content_type = "text/event-stream";
   r.headers["Cache-Control"] = "no-cache";
   std::shared_ptr<core::RequestHandle> h = *handle;
-  r.stream = [pending, h, engine, c, choice, envelope, has_event_or_done](const HttpEndpoint::Writer& write) {
+  r.stream = [pending, h, engine, c, choice, envelope, has_event_or_done, tenant](const HttpEndpoint::Writer& write) {
     bool open = true;
     size_t offset = 0;
     if (c.echo && !c.prompt_text.empty()) {
@@ -562,7 +593,7 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
         if (!write(Sse(usage))) return;
       }
     } else {
-      Response e = ErrorOf(result.status());
+      Response e = ErrorOf(tenant->Rename(result.status()));
       if (!write(absl::StrCat("data: ", e.body, "\n"))) return;
     }
     write("data: [DONE]\n\n");
@@ -574,14 +605,20 @@ namespace {
 
 // The admitted engine and the body of a vLLM adapter request ({"lora_name", ...}), or the error.
 struct AdapterCall {
+  explicit AdapterCall(ServiceEnv* env) : tenant(env) {}
+  TenantCall tenant;
   std::shared_ptr<core::Engine> engine;
   Json body;
-  std::string name;
+  std::string name;  // the engine's
+  std::string given;  // as the caller wrote it
 };
-absl::StatusOr<AdapterCall> AdmitAdapterCall(ServiceEnv& env, const Request& request, std::string* param) {
-  LORASERVE_RETURN_IF_ERROR(Authenticate(env, request));
-  AdapterCall call;
+// `access`: what the call does to the adapter (both need the operator role).
+absl::Status AdmitAdapterCall(AdapterCall& call, ServiceEnv& env, const Request& request, Access access,
+                              std::string* param) {
+  LORASERVE_RETURN_IF_ERROR(Authenticate(call.tenant, request));
   LORASERVE_ASSIGN_OR_RETURN(call.engine, env.engine.ForNewCall());
+  LORASERVE_RETURN_IF_ERROR(RequireRole(call.tenant.caller(), Role::kOperator,
+                                        access == Access::kCreate ? "load_lora_adapter" : "unload_lora_adapter"));
   call.body = Json::parse(request.body, nullptr, /*allow_exceptions=*/false);
   if (call.body.is_discarded() || !call.body.is_object()) {
     return absl::InvalidArgumentError("the request body must be a JSON object");
@@ -590,12 +627,14 @@ absl::StatusOr<AdapterCall> AdmitAdapterCall(ServiceEnv& env, const Request& req
     *param = "lora_name";
     return absl::InvalidArgumentError("'lora_name' is required: a string");
   }
-  call.name = call.body["lora_name"].get<std::string>();
-  if (absl::Status s = ValidateAdapterName(call.name, "lora_name", /*allow_empty=*/false); !s.ok()) {
+  call.given = call.body["lora_name"].get<std::string>();
+  absl::StatusOr<std::string> name = call.tenant.Resolve(call.given, access, "lora_name");
+  if (!name.ok()) {
     *param = "lora_name";
-    return s;
+    return name.status();
   }
-  return call;
+  call.name = *std::move(name);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -603,15 +642,16 @@ absl::StatusOr<AdapterCall> AdmitAdapterCall(ServiceEnv& env, const Request& req
 HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
   const absl::Time start = absl::Now();
   std::string param;
+  AdapterCall call(env_);
   absl::StatusOr<RootLoadResult> result = [&]() -> absl::StatusOr<RootLoadResult> {
-    LORASERVE_ASSIGN_OR_RETURN(AdapterCall call, AdmitAdapterCall(*env_, request, &param));
+    LORASERVE_RETURN_IF_ERROR(AdmitAdapterCall(call, *env_, request, Access::kCreate, &param));
     if (!call.body.contains("lora_path") || !call.body["lora_path"].is_string()) {
       param = "lora_path";
       return absl::InvalidArgumentError("'lora_path' is required: a string");
     }
     std::string path = call.body["lora_path"].get<std::string>();
-    if (!path.empty() && path.front() == '/' && !env_->config.adapter_root.empty()) {
-      std::optional<std::string> relative = RelativeTo(path, env_->config.adapter_root);
+    if (!path.empty() && path.front() == '/' && !call.tenant.caller().adapter_root.empty()) {
+      std::optional<std::string> relative = RelativeTo(path, call.tenant.caller().adapter_root);
       if (!relative.has_value()) {
         param = "lora_path";
         return absl::InvalidArgumentError(
@@ -619,11 +659,15 @@ HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
       }
       path = *relative;
     }
-    LORASERVE_ASSIGN_OR_RETURN(RootLoad load, BeginRootLoad(*env_, *call.engine, call.name, path));
-    return FinishRootLoad(*env_, *call.engine, load);
+    LORASERVE_ASSIGN_OR_RETURN(RootLoad load, BeginRootLoad(*env_, *call.engine, call.tenant, call.name, path));
+    return FinishRootLoad(*env_, *call.engine, call.tenant, load);
   }();
   env_->metrics->RecordRpc("OpenAI.LoadLoraAdapter", result.status().code(), absl::Now() - start);
-  if (!result.ok()) return ErrorOf(result.status(), param);
+  if (!result.ok()) {
+    Response r = ErrorOf(call.tenant.Rename(result.status()), param);
+    if (result.status().code() == absl::StatusCode::kResourceExhausted) r.headers[kRetryAfterKey] = "1000";
+    return r;
+  }
   if (!result->already_loaded) env_->logger.Log(absl::StrCat("event=adapter_loaded via=http ", result->event));
   const std::string& name = result->adapter.name();
   return HttpEndpoint::Reply(200, result->already_loaded
@@ -634,16 +678,15 @@ HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
 HttpEndpoint::Response OpenAiApi::UnloadLora(const Request& request) {
   const absl::Time start = absl::Now();
   std::string param;
-  std::string name;
+  AdapterCall call(env_);
   absl::Status s = [&]() -> absl::Status {
-    LORASERVE_ASSIGN_OR_RETURN(AdapterCall call, AdmitAdapterCall(*env_, request, &param));
-    name = call.name;
+    LORASERVE_RETURN_IF_ERROR(AdmitAdapterCall(call, *env_, request, Access::kManage, &param));
     return DeleteAdapterNamed(*env_, *call.engine, call.name);
   }();
   env_->metrics->RecordRpc("OpenAI.UnloadLoraAdapter", s.code(), absl::Now() - start);
-  if (!s.ok()) return ErrorOf(s, param);
-  env_->logger.Log(absl::StrCat("event=adapter_deleted via=http name=", name));
-  return HttpEndpoint::Reply(200, absl::StrCat("Success: LoRA adapter '", name, "' removed successfully."));
+  if (!s.ok()) return ErrorOf(call.tenant.Rename(s), param);
+  env_->logger.Log(absl::StrCat("event=adapter_deleted via=http name=", call.name));
+  return HttpEndpoint::Reply(200, absl::StrCat("Success: LoRA adapter '", call.given, "' removed successfully."));
 }
 
 }  // namespace loraserve::server

@@ -41,11 +41,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =
       ServerCredentialsFromFiles(tls);
   if (!credentials.ok()) return credentials.status();
+  std::shared_ptr<const TenantDirectory> tenants = TenantDirectory::SingleTenant({});
+  if (!options.auth_tokens_file.empty() && !options.tenants_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--auth_tokens_file and --tenants_file exclude each other (list the tokens in the tenants file)");
+  }
   if (!options.auth_tokens_file.empty()) {
     absl::StatusOr<std::unique_ptr<BearerTokenAuth>> auth =
         BearerTokenAuth::FromFile(options.auth_tokens_file);
     if (!auth.ok()) return auth.status();
-    env.auth = *std::move(auth);
+    tenants = TenantDirectory::SingleTenant((*auth)->digests());
+  }
+  if (!options.tenants_file.empty()) {
+    absl::StatusOr<std::shared_ptr<const TenantDirectory>> d = TenantDirectory::FromFile(options.tenants_file);
+    if (!d.ok()) return d.status();
+    tenants = *std::move(d);
+    s->tenants_file_ = options.tenants_file;
   }
 
   std::error_code ec;
@@ -80,6 +91,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   if (options.adapter_load_on_miss && env.config.adapter_root.empty()) {
     return absl::InvalidArgumentError("--adapter_load_on_miss needs --adapter_root");
   }
+  env.tenants = std::make_unique<TenantRegistry>(tenants, env.config.adapter_root);
   env.config.max_message_bytes = options.max_message_bytes;
   // Leave room for the chunk's other fields and the message framing.
   env.config.file_chunk_bytes =
@@ -131,7 +143,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   env.logger.Log(absl::StrFormat(
       "event=listening port=%d metrics_port=%d tls=%s auth=%s", s->port_, s->metrics_port(),
       options.tls_cert_file.empty() ? "off" : options.tls_client_ca_file.empty() ? "on" : "mutual",
-      env.auth == nullptr ? "off" : absl::StrCat("bearer(", env.auth->size(), " tokens)")));
+      !tenants->requires_token() ? "off"
+      : tenants->namespaced()    ? absl::StrCat("tenants(", tenants->tenants().size(), ")")
+                                 : absl::StrCat("bearer(", tenants->tenants().front().token_digests.size(), " tokens)")));
   return s;
 }
 
@@ -188,5 +202,16 @@ void Server::Shutdown(absl::Duration grace) {
 }
 
 void Server::Wait() { server_->Wait(); }
+
+absl::Status Server::ReloadTenants() {
+  if (tenants_file_.empty()) return absl::OkStatus();
+  absl::Status s = env_->tenants->Reload(tenants_file_);
+  if (s.ok()) {
+    env_->logger.Log(absl::StrCat("event=tenants_reloaded tenants=", env_->tenants->directory()->tenants().size()));
+  } else {
+    env_->logger.Log(absl::StrCat("event=tenants_reload_failed kept=current error=", LogValue(s.message())));
+  }
+  return s;
+}
 
 }  // namespace loraserve::server

@@ -76,6 +76,9 @@ struct ServerOptions {
   // loraserve.v1 call must then carry `authorization: Bearer <token>` with one of them, else
   // UNAUTHENTICATED. grpc.health.v1 and reflection stay open. "" = no authentication.
   std::string auth_tokens_file;
+  // Tenants file (JSON; README "Tenants"): tenants with their tokens, roles, quotas and adapter
+  // namespaces. Excludes auth_tokens_file. "" = one tenant (the tokens file's, or open).
+  std::string tenants_file;
   // Where access and event log lines go; null = stderr.
   LogSink log_sink;
 };
@@ -103,6 +106,9 @@ class Server {
   void Shutdown(absl::Duration grace);
   // Blocks until Shutdown has completed.
   void Wait();
+  // Rereads --tenants_file (SIGHUP): calls in flight keep their tenant; on an error the current
+  // tenants stay and the error is returned (and logged). OK and nothing done without the file.
+  absl::Status ReloadTenants();
 
  private:
   Server();
@@ -116,6 +122,7 @@ class Server {
   std::unique_ptr<InferenceService> inference_service_;
   std::unique_ptr<grpc::Server> server_;
   std::string private_upload_dir_;  // removed in the destructor
+  std::string tenants_file_;
   int port_ = 0;
 };
 

@@ -1,6 +1,7 @@
 #include "server/service_env.h"
 
 #include <optional>
+#include <cctype>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -55,8 +56,66 @@ bool EngineSlot::draining() const {
   return draining_;
 }
 
+TenantCall::~TenantCall() { Leave(0); }
+
+absl::Status TenantCall::Authenticate(std::optional<absl::string_view> authorization) {
+  absl::StatusOr<Caller> caller = env_->tenants->Authenticate(authorization);
+  if (!caller.ok()) return caller.status();
+  caller_ = *std::move(caller);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> TenantCall::Resolve(absl::string_view name, Access access, absl::string_view field,
+                                                bool allow_empty) {
+  absl::StatusOr<std::string> internal = ResolveAdapterName(caller_, name, access, field, allow_empty);
+  if (internal.ok() && *internal != name) names_.emplace_back(*internal, std::string(name));
+  return internal;
+}
+
+std::string TenantCall::Display(absl::string_view internal) const {
+  if (caller_.tenant == nullptr) return std::string(internal);
+  return DisplayAdapterName(caller_, internal).value_or(std::string(internal));
+}
+
+absl::Status TenantCall::Rename(const absl::Status& status) const {
+  if (status.ok() || caller_.tenant == nullptr || !caller_.namespaced()) return status;
+  std::string message = RenameAdapters(status.message(), names_);
+  // Own adapters the call did not resolve itself (a combination's sources, say): "<own>/x" -> "x".
+  const std::string prefix = OwnPrefix(caller_);
+  std::string out;
+  size_t pos = 0;
+  for (size_t hit; (hit = message.find(prefix, pos)) != std::string::npos; pos = hit + prefix.size()) {
+    const bool starts_name = hit == 0 || !IsAdapterNameChar(message[hit - 1]);
+    out.append(message, pos, hit - pos);
+    if (!starts_name) out.append(prefix);
+  }
+  out.append(message, pos, std::string::npos);
+  return absl::Status(status.code(), out);
+}
+
+absl::StatusOr<bool> TenantCall::Enter(std::function<void()> resume, absl::Duration* retry_after) {
+  absl::StatusOr<bool> admitted = caller_.limiter->Enter(std::move(resume), &ticket_, retry_after);
+  if (admitted.ok()) entered_ = true;
+  return admitted;
+}
+
+bool TenantCall::Withdraw() {
+  if (!entered_ || ticket_ == 0) return false;
+  if (!caller_.limiter->Withdraw(ticket_)) return false;
+  entered_ = false;
+  return true;
+}
+
+void TenantCall::Leave(int64_t tokens) {
+  if (!entered_) return;
+  entered_ = false;
+  caller_.limiter->Charge(tokens);
+  std::function<void()> next = caller_.limiter->Leave();
+  if (next) env_->pool->Post(std::move(next));
+}
+
 RpcCall::RpcCall(ServiceEnv* env, grpc::CallbackServerContext* context, const char* rpc)
-    : env_(env), context_(context), rpc_(rpc), start_(absl::Now()) {
+    : env_(env), context_(context), rpc_(rpc), tenant_(env), start_(absl::Now()) {
   const auto& md = context->client_metadata();
   auto it = md.find(kRequestIdKey);
   if (it != md.end()) {
@@ -67,15 +126,20 @@ RpcCall::RpcCall(ServiceEnv* env, grpc::CallbackServerContext* context, const ch
 }
 
 absl::StatusOr<std::shared_ptr<core::Engine>> RpcCall::Admit() {
-  if (env_->auth != nullptr) {
-    const auto& md = context_->client_metadata();
-    auto it = md.find(kAuthorizationKey);
-    std::optional<absl::string_view> authorization;
-    if (it != md.end()) authorization = absl::string_view(it->second.data(), it->second.size());
-    absl::Status s = env_->auth->Check(authorization);
-    if (!s.ok()) return s;
-  }
+  const auto& md = context_->client_metadata();
+  auto it = md.find(kAuthorizationKey);
+  std::optional<absl::string_view> authorization;
+  if (it != md.end()) authorization = absl::string_view(it->second.data(), it->second.size());
+  absl::Status s = tenant_.Authenticate(authorization);
+  if (!s.ok()) return s;
   return env_->engine.ForNewCall();
+}
+
+absl::StatusOr<std::string> RpcCall::Resolve(absl::string_view name, Access access, absl::string_view field,
+                                             bool allow_empty) {
+  absl::StatusOr<std::string> internal = tenant_.Resolve(name, access, field, allow_empty);
+  if (internal.ok()) adapter_ = *internal;
+  return internal;
 }
 
 void RpcCall::LogEvent(absl::string_view event, absl::string_view fields) const {
@@ -83,8 +147,10 @@ void RpcCall::LogEvent(absl::string_view event, absl::string_view fields) const 
                                 fields.empty() ? "" : " ", fields));
 }
 
-grpc::Status RpcCall::Complete(const absl::Status& status) {
+grpc::Status RpcCall::Complete(const absl::Status& engine_status) {
   const absl::Duration latency = absl::Now() - start_;
+  tenant_.Leave(tokens_in_ + tokens_out_);
+  const absl::Status status = tenant_.Rename(engine_status);
   context_->AddTrailingMetadata(kRequestIdKey, request_id_);
   if (!status.ok() && retry_after_ > absl::ZeroDuration()) {
     context_->AddTrailingMetadata(kRetryAfterKey,

@@ -23,6 +23,7 @@
 #include "server/grpc_status.h"
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "server/tenants.h"
 #include "server/work_pool.h"
 
 namespace loraserve::core {
@@ -69,11 +70,55 @@ struct ServiceEnv {
   WorkPool* pool = nullptr;
   AdapterBook book;
   EngineSlot engine;
-  // Set when loraserve.v1 calls need a bearer token (--auth_tokens_file); null = open.
-  std::unique_ptr<BearerTokenAuth> auth;
+  // Who may call and as which tenant (always set by Server::Start; the open server has one
+  // tenant that needs no token).
+  std::unique_ptr<TenantRegistry> tenants;
   std::vector<PathAlias> path_aliases;  // server paths callers must not see
 
   grpc::Status ToGrpc(const absl::Status& status) const { return ToGrpcStatus(status, path_aliases); }
+};
+
+// The tenant side of one call on any transport: who the caller is, the adapter names it used (so
+// that messages name them as the caller did), and its slot under the tenant's request quotas.
+// Not thread-safe, like RpcCall.
+class TenantCall {
+ public:
+  explicit TenantCall(ServiceEnv* env) : env_(env) {}
+  ~TenantCall();  // frees a slot still held
+  TenantCall(const TenantCall&) = delete;
+  TenantCall& operator=(const TenantCall&) = delete;
+
+  // Unauthenticated unless `authorization` carries a known token (or the server needs none).
+  absl::Status Authenticate(std::optional<absl::string_view> authorization);
+  bool authenticated() const { return caller_.tenant != nullptr; }
+  // Valid once authenticated.
+  const Caller& caller() const { return caller_; }
+
+  // ResolveAdapterName for this caller; the pair is remembered for Rename.
+  absl::StatusOr<std::string> Resolve(absl::string_view name, Access access, absl::string_view field,
+                                      bool allow_empty = false);
+  // The caller's name for an engine adapter name (as DisplayAdapterName; the name itself when
+  // hidden, which callers never pass).
+  std::string Display(absl::string_view internal) const;
+  // `status` with the engine's adapter names replaced by the caller's.
+  absl::Status Rename(const absl::Status& status) const;
+
+  // Admission of an inference request under the tenant's quotas: true when it runs now, false
+  // when it waits for a slot (`resume` then runs on the work pool once it has one).
+  // ResourceExhausted over a quota, `*retry_after` set (or zero when unknown).
+  absl::StatusOr<bool> Enter(std::function<void()> resume, absl::Duration* retry_after);
+  // Takes a waiting request out of the queue: true when it will not resume.
+  bool Withdraw();
+  // Ends the request: frees its slot (resuming the next waiter) and charges `tokens` to the
+  // tenant's tokens-per-minute bucket. Idempotent.
+  void Leave(int64_t tokens);
+
+ private:
+  ServiceEnv* env_;
+  Caller caller_;
+  std::vector<std::pair<std::string, std::string>> names_;  // engine name -> caller's name
+  bool entered_ = false;  // holds or waits for a slot
+  uint64_t ticket_ = 0;
 };
 
 // One RPC's record. Not thread-safe: a reactor uses it from one reaction at a time.
@@ -91,6 +136,13 @@ class RpcCall {
 
   const std::string& request_id() const { return request_id_; }
   const char* rpc() const { return rpc_; }
+  // After a successful Admit.
+  const Caller& caller() const { return tenant_.caller(); }
+  TenantCall& tenant() { return tenant_; }
+  // TenantCall::Resolve; on success also the call's adapter (the engine's name, in the access log
+  // and the metrics).
+  absl::StatusOr<std::string> Resolve(absl::string_view name, Access access, absl::string_view field,
+                                      bool allow_empty = false);
   void set_adapter(absl::string_view adapter) { adapter_ = std::string(adapter); }
   const std::string& adapter() const { return adapter_; }
   void set_tokens(int64_t in, int64_t out) {
@@ -103,8 +155,9 @@ class RpcCall {
   // A lifecycle event about this request ("event=<event> rid=<id> <fields>").
   void LogEvent(absl::string_view event, absl::string_view fields = "") const;
 
-  // Adds the trailing metadata, records the metrics and writes the access log line; returns the
-  // status to finish the call with. Call exactly once, before finishing the call.
+  // Adds the trailing metadata, records the metrics and writes the access log line; frees the
+  // call's tenant slot, charging its tokens; returns the status to finish the call with, adapter
+  // names as the caller wrote them. Call exactly once, before finishing the call.
   grpc::Status Complete(const absl::Status& status);
 
  private:
@@ -113,6 +166,7 @@ class RpcCall {
   const char* rpc_;
   std::string request_id_;
   std::string adapter_;
+  TenantCall tenant_;
   int64_t tokens_in_ = 0;
   int64_t tokens_out_ = 0;
   absl::Duration retry_after_ = absl::ZeroDuration();

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "core/base/status_macros.h"
 #include "core/io/file_util.h"
 
@@ -96,7 +97,8 @@ void AdapterRegistry::EvictLocked(const std::string& keep) {
       // No files to reload from: write the adapter out first (PEFT format).
       auto dir = SpillDirLocked();
       if (!dir.ok()) continue;
-      const std::string path = JoinPath(*dir, e.info.name);
+      // A namespaced name "<tenant>/<name>" becomes one directory "<tenant>@<name>".
+      const std::string path = JoinPath(*dir, absl::StrReplaceAll(e.info.name, {{"/", "@"}}));
       ::mkdir(path.c_str(), 0755);
       if (!SaveAdapter(*e.adapter, path).ok()) continue;
       e.info.source_dir = path;

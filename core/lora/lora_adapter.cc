@@ -75,16 +75,25 @@ at::Tensor LoraModule::Delta() const {
 }
 
 absl::Status ValidateAdapterName(const std::string& name) {
-  if (name.empty() || name.size() > 128) {
+  // "<name>" or "<namespace>/<name>" (the server keeps each tenant's adapters in its namespace).
+  const size_t slash = name.find('/');
+  const bool ok = [&] {
+    auto part_ok = [](absl::string_view part) {
+      if (part.empty() || part.size() > 128 || part == "." || part == "..") return false;
+      for (char c : part) {
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) return false;
+      }
+      return true;
+    };
+    if (slash == std::string::npos) return part_ok(name);
+    return part_ok(absl::string_view(name).substr(0, slash)) && part_ok(absl::string_view(name).substr(slash + 1));
+  }();
+  if (ok) return absl::OkStatus();
+  if (name.empty() || name.size() > 257) {
     return absl::InvalidArgumentError("adapter name must be 1 to 128 characters");
   }
-  for (char c : name) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("adapter name \"", name, "\" may only contain [A-Za-z0-9._-]"));
-    }
-  }
-  return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "adapter name \"", name, "\" may only contain [A-Za-z0-9._-] (with at most one namespace/ prefix)"));
 }
 
 absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::Load(

@@ -245,3 +245,58 @@ def test_load_on_miss():
             assert log.count("event=adapter_loaded_on_miss name=demo-qv") == 1, log
         finally:
             assert s.stop() == 0
+
+
+def test_tenants_file_and_sighup_reload():
+    """--tenants_file on the real binary: per-tenant names (load-on-miss included), SIGHUP rereads
+    the file while a generation streams (it finishes), a broken file keeps the current tenants."""
+    import json
+    import signal
+    import time
+
+    def tenants(extra_token=None):
+        acme = ["acme-1"] + ([extra_token] if extra_token else [])
+        return json.dumps({"tenants": [
+            {"id": "acme", "role": "operator", "tokens": acme, "adapter_dir": ""},
+            {"id": "beta", "role": "operator", "tokens": ["beta-1"], "adapter_dir": ""}]})
+
+    with tempfile.TemporaryDirectory() as work:
+        path = os.path.join(work, "tenants.json")
+        with open(path, "w") as f:
+            f.write(tenants())
+        s = LoraserveProcess(os.environ["LORASERVE_BINARY"], os.environ["LORASERVE_MODEL"], ADAPTER_ROOT, work,
+                             name="tenants", extra=["--tenants_file=" + path, "--adapter_load_on_miss"])
+        try:
+            with loraserve.Client(s.addr, token="acme-1", timeout=30) as acme, \
+                    loraserve.Client(s.addr, token="beta-1", timeout=30, retries=0) as beta:
+                acme.generate([1, 403], adapter="demo-qv", max_new_tokens=2)  # loads acme's demo-qv
+                assert [a.name for a in acme.list_adapters()] == ["demo-qv"]
+                assert beta.list_adapters() == []
+                with pytest.raises(loraserve.Error) as e:
+                    beta.get_adapter("acme/demo-qv")
+                assert e.value.code == grpc.StatusCode.NOT_FOUND
+                stream = acme.generate_stream([1, 403], adapter="demo-qv", max_new_tokens=200, temperature=0,
+                                              ignore_eos=True)
+                first = next(stream)
+                with open(path, "w") as f:
+                    f.write(tenants("acme-2"))
+                s.proc.send_signal(signal.SIGHUP)
+                deadline = time.time() + 10
+                while "event=tenants_reloaded" not in s.logs() and time.time() < deadline:
+                    time.sleep(0.05)
+                assert "event=tenants_reloaded" in s.logs(), s.logs()
+                rest = list(stream)
+                assert first is not None and len(rest) >= 1
+                with loraserve.Client(s.addr, token="acme-2") as acme2:
+                    assert [a.name for a in acme2.list_adapters()] == ["demo-qv"]
+                with open(path, "w") as f:
+                    f.write("{ broken")
+                s.proc.send_signal(signal.SIGHUP)
+                deadline = time.time() + 10
+                while "event=tenants_reload_failed" not in s.logs() and time.time() < deadline:
+                    time.sleep(0.05)
+                assert "event=tenants_reload_failed" in s.logs(), s.logs()
+                assert [a.name for a in acme.list_adapters()] == ["demo-qv"]
+                assert s.proc.poll() is None
+        finally:
+            assert s.stop() == 0

@@ -213,14 +213,15 @@ absl::StatusOr<std::optional<double>> TestServer::Metric(
 }
 
 absl::StatusOr<HttpReply> HttpRequest(int port, const std::string& method, const std::string& path,
-                                      const std::string& body) {
+                                      const std::string& body, const std::map<std::string, std::string>& headers) {
   httplib::Client client("127.0.0.1", port);
   client.set_connection_timeout(5);
   client.set_read_timeout(30);
-  httplib::Result res = method == "GET"      ? client.Get(path.c_str())
-                        : method == "HEAD"   ? client.Head(path.c_str())
-                        : method == "POST"   ? client.Post(path.c_str(), body, "text/plain")
-                        : method == "DELETE" ? client.Delete(path.c_str())
+  const httplib::Headers h(headers.begin(), headers.end());
+  httplib::Result res = method == "GET"      ? client.Get(path.c_str(), h)
+                        : method == "HEAD"   ? client.Head(path.c_str(), h)
+                        : method == "POST"   ? client.Post(path.c_str(), h, body, "text/plain")
+                        : method == "DELETE" ? client.Delete(path.c_str(), h)
                                              : httplib::Result(nullptr, httplib::Error::Unknown);
   if (!res) {
     return absl::UnavailableError(absl::StrCat(method, " ", path, " on port ", port, ": ", httplib::to_string(res.error())));

@@ -178,10 +178,11 @@ struct HttpReply {
   std::string body;
   std::map<std::string, std::string> headers;
 };
-// `method` (GET, HEAD, POST, DELETE) `path` on 127.0.0.1:`port`; Unavailable if it cannot connect
-// or gets no reply.
+// `method` (GET, HEAD, POST, DELETE) `path` on 127.0.0.1:`port` with `headers`; Unavailable if it
+// cannot connect or gets no reply.
 absl::StatusOr<HttpReply> HttpRequest(int port, const std::string& method, const std::string& path,
-                                      const std::string& body = "");
+                                      const std::string& body = "",
+                                      const std::map<std::string, std::string>& headers = {});
 // GET `path` from 127.0.0.1:`port`: the body on status 200, Internal("HTTP <status>: <body>")
 // otherwise.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);

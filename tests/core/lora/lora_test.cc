@@ -297,7 +297,11 @@ TEST_F(LoraFixtureTest, ValidationErrorsNameTheProblem) {
     j["peft_type"] = "IA3";
     EXPECT_THAT(LoraConfig::FromJson(j, "cfg"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("IA3")));
   }
-  EXPECT_THAT(ValidateAdapterName("bad/name"), StatusIs(absl::StatusCode::kInvalidArgument));
+  // One namespace prefix (a tenant's) is allowed; nothing else with a slash.
+  EXPECT_OK(ValidateAdapterName("tenant/name"));
+  for (const char* bad : {"a/b/c", "/name", "name/", "../x", "x/..", "a b", ".."}) {
+    EXPECT_THAT(ValidateAdapterName(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
   EXPECT_THAT(ValidateAdapterName(std::string(129, 'a')), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_OK(ValidateAdapterName("Good-name_1.0"));
   EXPECT_THAT(LoraAdapter::Load("x", dir, *model_, lora_->BaseWeightFn(), AdapterLoadOptions()),
