@@ -137,6 +137,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     core::GenerateRequest req;
     req.request_id = call_.request_id();
     req.adapter = adapter_;
+    req.tenant = call_.caller().tenant->id;
+    req.tenant_weight = call_.caller().tenant->weight;
     if (has_text) {
       req.prompt_ids = engine->Tokenize(request.text(), /*add_special_tokens=*/true,
                                         /*parse_special=*/false);
@@ -193,6 +195,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     {
       absl::MutexLock lock(&mu_);
       call_.set_tokens(stats.prompt_tokens, stats.completion_tokens);
+      call_.set_queue_time(stats.queue_time);
       engine_done_ = true;
       if (result.ok()) {
         pb::GenerationSummary* s = next_.mutable_summary();

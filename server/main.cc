@@ -101,6 +101,10 @@ ABSL_FLAG(std::string, tenants_file, "",
           "tenants (JSON, README: Tenants): each with bearer tokens, a role (admin, operator, "
           "user), quotas and its own adapter names; excludes --auth_tokens_file. SIGHUP rereads "
           "it (a bad file keeps the current tenants). Empty = one tenant");
+ABSL_FLAG(std::string, audit_log, "",
+          "append one JSON line per management call (load, upload, delete, merge, unmerge, "
+          "unload-all, combine, save, export; gRPC and HTTP) with time, tenant, role, call, "
+          "adapter, code and message to this file. Empty = no audit log");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound gRPC port is written to this file once the server is ready");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -213,6 +217,7 @@ int main(int argc, char** argv) {
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   options.tenants_file = absl::GetFlag(FLAGS_tenants_file);
+  options.audit_log = absl::GetFlag(FLAGS_audit_log);
   auto server = loraserve::server::Server::Start(options);
   if (!server.ok()) {
     Log(server.status().ToString());

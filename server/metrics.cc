@@ -157,9 +157,24 @@ struct Metrics::Impl {
   prometheus::Family<prometheus::Counter>* adapter_requests;
   prometheus::Histogram* load_duration;
   prometheus::Family<prometheus::Histogram>* merge_duration;
+  prometheus::Family<prometheus::Counter>* tenant_requests;
+  prometheus::Family<prometheus::Counter>* tenant_tokens;
+  prometheus::Family<prometheus::Histogram>* tenant_queue_time;
 
   absl::Mutex mu;
   std::set<std::string> adapter_labels ABSL_GUARDED_BY(mu);
+  std::set<std::string> tenant_labels ABSL_GUARDED_BY(mu);
+
+  std::string TenantLabel(absl::string_view tenant) {
+    const std::string name(tenant);
+    absl::MutexLock lock(&mu);
+    if (tenant_labels.count(name) > 0) return name;
+    if (static_cast<int>(tenant_labels.size()) < options.max_tenant_labels) {
+      tenant_labels.insert(name);
+      return name;
+    }
+    return kOverflowLabel;
+  }
   double mean_step_seconds ABSL_GUARDED_BY(mu) = 0;  // exponential moving average
 
   const prometheus::Histogram::BucketBoundaries latency_buckets = Exponential(0.0005, 2, 17);
@@ -240,6 +255,18 @@ Metrics::Metrics(const MetricsOptions& options) : impl_(std::make_unique<Impl>()
                           .Name("loraserve_adapter_merge_duration_seconds")
                           .Help("MergeAdapter / UnmergeAdapter, request to completion, by op.")
                           .Register(reg);
+  m.tenant_requests = &prometheus::BuildCounter()
+                           .Name("loraserve_tenant_requests_total")
+                           .Help("Finished calls of authenticated callers, by tenant and status code.")
+                           .Register(reg);
+  m.tenant_tokens = &prometheus::BuildCounter()
+                         .Name("loraserve_tenant_tokens_total")
+                         .Help("Inference tokens by tenant and kind (prompt, generated).")
+                         .Register(reg);
+  m.tenant_queue_time = &prometheus::BuildHistogram()
+                             .Name("loraserve_tenant_queue_time_seconds")
+                             .Help("Generate: arrival in the engine to first scheduled step, by tenant.")
+                             .Register(reg);
 }
 
 Metrics::~Metrics() = default;
@@ -317,6 +344,23 @@ absl::Duration Metrics::RetryAfterHint() const {
   }
   return std::clamp(absl::Seconds(step * static_cast<double>(steps)), absl::Milliseconds(10),
                     absl::Seconds(5));
+}
+
+void Metrics::RecordTenantRequest(absl::string_view tenant, absl::StatusCode code) {
+  impl_->tenant_requests->Add({{"tenant", impl_->TenantLabel(tenant)}, {"code", absl::StatusCodeToString(code)}})
+      .Increment();
+}
+
+void Metrics::RecordTenantTokens(absl::string_view tenant, int64_t prompt_tokens, int64_t generated_tokens,
+                                 std::optional<absl::Duration> queue_time) {
+  const std::string label = impl_->TenantLabel(tenant);
+  impl_->tenant_tokens->Add({{"tenant", label}, {"kind", "prompt"}}).Increment(static_cast<double>(prompt_tokens));
+  impl_->tenant_tokens->Add({{"tenant", label}, {"kind", "generated"}})
+      .Increment(static_cast<double>(generated_tokens));
+  if (queue_time.has_value()) {
+    impl_->tenant_queue_time->Add({{"tenant", label}}, impl_->latency_buckets)
+        .Observe(absl::ToDoubleSeconds(*queue_time));
+  }
 }
 
 std::string Metrics::AdapterLabel(absl::string_view adapter) {

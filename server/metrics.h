@@ -13,6 +13,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -29,6 +30,8 @@ namespace loraserve::server {
 struct MetricsOptions {
   // Distinct adapter label values before overflowing to "other".
   int max_adapter_labels = 32;
+  // Distinct tenant label values before overflowing to "other".
+  int max_tenant_labels = 64;
 };
 
 class Metrics {
@@ -57,6 +60,12 @@ class Metrics {
   // How long a caller refused for a full queue should wait before retrying: the recent mean step
   // time times the number of steps the queue ahead needs, within [10 ms, 5 s].
   absl::Duration RetryAfterHint() const;
+
+  // Per tenant: one finished call of an authenticated caller, by final code.
+  void RecordTenantRequest(absl::string_view tenant, absl::StatusCode code);
+  // Per tenant: an inference request's tokens, and (Generate) its time in the engine's queue.
+  void RecordTenantTokens(absl::string_view tenant, int64_t prompt_tokens, int64_t generated_tokens,
+                          std::optional<absl::Duration> queue_time);
 
   // The label value for `adapter` under the cardinality cap.
   std::string AdapterLabel(absl::string_view adapter);

@@ -388,8 +388,10 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   const absl::Time start = absl::Now();
   std::string request_id = request.header(kRequestIdKey);
   if (request_id.empty() || request_id.size() > 128) request_id = NewCompletionId();
-  auto finish = [this, start, request_id, chat](Response r, absl::StatusCode code, const std::string& model) {
+  auto tenant = std::make_shared<TenantCall>(env_);
+  auto finish = [this, start, request_id, chat, tenant](Response r, absl::StatusCode code, const std::string& model) {
     env_->metrics->RecordRpc(chat ? "OpenAI.ChatCompletions" : "OpenAI.Completions", code, absl::Now() - start);
+    if (tenant->authenticated()) env_->metrics->RecordTenantRequest(tenant->caller().tenant->id, code);
     env_->logger.Log(absl::StrCat("event=http_request path=", chat ? "/v1/chat/completions" : "/v1/completions",
                                   " status=", r.status,
                                   " request_id=", LogValue(request_id), " model=", LogValue(model),
@@ -397,7 +399,6 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
     r.headers[kRequestIdKey] = request_id;
     return r;
   };
-  auto tenant = std::make_shared<TenantCall>(env_);
   absl::Duration retry_after = absl::ZeroDuration();
   auto fail = [&](const absl::Status& engine_status, const std::string& param = "", const std::string& model = "") {
     const absl::Status s = tenant->Rename(engine_status);
@@ -455,6 +456,8 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   core::GenerateRequest req;
   req.request_id = request_id;
   req.adapter = c.adapter;
+  req.tenant = tenant->caller().tenant->id;
+  req.tenant_weight = tenant->caller().tenant->weight;
   req.prompt_ids = c.prompt_ids;
   req.sampling = c.sampling;
   core::GenerateCallbacks callbacks;
@@ -467,6 +470,8 @@ HttpEndpoint::Response OpenAiApi::Completions(const Request& request, bool chat)
   callbacks.on_done = [pending, env, adapter, tenant](absl::StatusOr<core::GenerationResult> r,
                                                      const core::RequestStats& stats) {
     env->metrics->RecordGeneration(adapter, stats);
+    env->metrics->RecordTenantTokens(tenant->caller().tenant->id, stats.prompt_tokens, stats.completion_tokens,
+                                     stats.queue_time);
     tenant->Leave(stats.prompt_tokens + stats.completion_tokens);
     absl::MutexLock lock(&pending->mu);
     pending->result = std::move(r);
@@ -637,6 +642,25 @@ absl::Status AdmitAdapterCall(AdapterCall& call, ServiceEnv& env, const Request&
   return absl::OkStatus();
 }
 
+// The audit record and the tenant's request metric of a vLLM adapter call.
+void RecordAdapterCall(ServiceEnv& env, const char* call, const Request& request, const AdapterCall& c,
+                       const absl::Status& status) {
+  if (c.tenant.authenticated()) env.metrics->RecordTenantRequest(c.tenant.caller().tenant->id, status.code());
+  if (env.audit == nullptr) return;
+  AuditRecord r;
+  r.via = "http";
+  r.call = call;
+  r.request_id = request.header(kRequestIdKey);
+  if (c.tenant.authenticated()) {
+    r.tenant = c.tenant.caller().tenant->id;
+    r.role = RoleName(c.tenant.caller().role());
+  }
+  r.adapter = c.name;
+  r.code = absl::StatusCodeToString(status.code());
+  r.message = std::string(status.message());
+  env.audit->Record(r);
+}
+
 }  // namespace
 
 HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
@@ -663,6 +687,7 @@ HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
     return FinishRootLoad(*env_, *call.engine, call.tenant, load);
   }();
   env_->metrics->RecordRpc("OpenAI.LoadLoraAdapter", result.status().code(), absl::Now() - start);
+  RecordAdapterCall(*env_, "load_lora_adapter", request, call, call.tenant.Rename(result.status()));
   if (!result.ok()) {
     Response r = ErrorOf(call.tenant.Rename(result.status()), param);
     if (result.status().code() == absl::StatusCode::kResourceExhausted) r.headers[kRetryAfterKey] = "1000";
@@ -684,6 +709,7 @@ HttpEndpoint::Response OpenAiApi::UnloadLora(const Request& request) {
     return DeleteAdapterNamed(*env_, *call.engine, call.name);
   }();
   env_->metrics->RecordRpc("OpenAI.UnloadLoraAdapter", s.code(), absl::Now() - start);
+  RecordAdapterCall(*env_, "unload_lora_adapter", request, call, call.tenant.Rename(s));
   if (!s.ok()) return ErrorOf(call.tenant.Rename(s), param);
   env_->logger.Log(absl::StrCat("event=adapter_deleted via=http name=", call.name));
   return HttpEndpoint::Reply(200, absl::StrCat("Success: LoRA adapter '", call.given, "' removed successfully."));

@@ -92,6 +92,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::InvalidArgumentError("--adapter_load_on_miss needs --adapter_root");
   }
   env.tenants = std::make_unique<TenantRegistry>(tenants, env.config.adapter_root);
+  if (!options.audit_log.empty()) {
+    absl::StatusOr<std::unique_ptr<AuditLog>> audit = AuditLog::Open(options.audit_log);
+    if (!audit.ok()) return audit.status();
+    env.audit = *std::move(audit);
+  }
   env.config.max_message_bytes = options.max_message_bytes;
   // Leave room for the chunk's other fields and the message framing.
   env.config.file_chunk_bytes =
@@ -99,6 +104,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   MetricsOptions mopts;
   mopts.max_adapter_labels = options.max_adapter_labels;
+  mopts.max_tenant_labels = options.max_tenant_labels;
   s->metrics_ = std::make_unique<Metrics>(mopts);
   env.metrics = s->metrics_.get();
   if (!options.metrics_listen.empty()) {

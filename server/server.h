@@ -79,6 +79,11 @@ struct ServerOptions {
   // Tenants file (JSON; README "Tenants"): tenants with their tokens, roles, quotas and adapter
   // namespaces. Excludes auth_tokens_file. "" = one tenant (the tokens file's, or open).
   std::string tenants_file;
+  // Audit log (JSON lines, appended): every management call with tenant, call, adapter and result.
+  // "" = none.
+  std::string audit_log;
+  // Distinct tenant label values in metrics before they overflow to "other".
+  int max_tenant_labels = 64;
   // Where access and event log lines go; null = stderr.
   LogSink log_sink;
 };

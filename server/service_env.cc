@@ -149,6 +149,12 @@ void RpcCall::LogEvent(absl::string_view event, absl::string_view fields) const 
 
 grpc::Status RpcCall::Complete(const absl::Status& engine_status) {
   const absl::Duration latency = absl::Now() - start_;
+  if (tenant_.authenticated() && env_->metrics != nullptr) {
+    env_->metrics->RecordTenantRequest(tenant_.caller().tenant->id, engine_status.code());
+    if (tenant_.entered()) {
+      env_->metrics->RecordTenantTokens(tenant_.caller().tenant->id, tokens_in_, tokens_out_, queue_time_);
+    }
+  }
   tenant_.Leave(tokens_in_ + tokens_out_);
   const absl::Status status = tenant_.Rename(engine_status);
   context_->AddTrailingMetadata(kRequestIdKey, request_id_);
@@ -165,6 +171,20 @@ grpc::Status RpcCall::Complete(const absl::Status& engine_status) {
       tokens_out_);
   if (!status.ok()) absl::StrAppend(&line, " error=", LogValue(out.error_message()));
   env_->logger.Log(line);
+  if (env_->audit != nullptr && IsManagementRpc(rpc_)) {
+    AuditRecord r;
+    r.via = "grpc";
+    r.call = rpc_;
+    r.request_id = request_id_;
+    if (tenant_.authenticated()) {
+      r.tenant = tenant_.caller().tenant->id;
+      r.role = RoleName(tenant_.caller().role());
+    }
+    r.adapter = adapter_;
+    r.code = absl::StatusCodeToString(status.code());
+    r.message = out.error_message();
+    env_->audit->Record(r);
+  }
   return out;
 }
 

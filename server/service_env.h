@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,7 @@ struct ServiceEnv {
   // Who may call and as which tenant (always set by Server::Start; the open server has one
   // tenant that needs no token).
   std::unique_ptr<TenantRegistry> tenants;
+  std::unique_ptr<AuditLog> audit;  // --audit_log; null = none
   std::vector<PathAlias> path_aliases;  // server paths callers must not see
 
   grpc::Status ToGrpc(const absl::Status& status) const { return ToGrpcStatus(status, path_aliases); }
@@ -109,6 +111,8 @@ class TenantCall {
   absl::StatusOr<bool> Enter(std::function<void()> resume, absl::Duration* retry_after);
   // Takes a waiting request out of the queue: true when it will not resume.
   bool Withdraw();
+  // Whether the call holds (or waits for) a request slot: an inference request.
+  bool entered() const { return entered_; }
   // Ends the request: frees its slot (resuming the next waiter) and charges `tokens` to the
   // tenant's tokens-per-minute bucket. Idempotent.
   void Leave(int64_t tokens);
@@ -149,6 +153,8 @@ class RpcCall {
     tokens_in_ = in;
     tokens_out_ = out;
   }
+  // Generate: the engine's queue time (per-tenant metrics).
+  void set_queue_time(absl::Duration d) { queue_time_ = d; }
   // Trailing metadata `retry-after-ms` on the final status.
   void set_retry_after(absl::Duration d) { retry_after_ = d; }
 
@@ -170,6 +176,7 @@ class RpcCall {
   int64_t tokens_in_ = 0;
   int64_t tokens_out_ = 0;
   absl::Duration retry_after_ = absl::ZeroDuration();
+  std::optional<absl::Duration> queue_time_;
   absl::Time start_;
 };
 

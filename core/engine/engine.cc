@@ -194,6 +194,8 @@ class EngineImpl : public Engine {
       LORASERVE_ASSIGN_OR_RETURN(seq->adapter, registry_->Get(request.adapter));
     }
     seq->adapter_name = request.adapter;
+    seq->tenant = request.tenant;
+    seq->weight = request.tenant_weight;
     seq->adapter_key = seq->adapter.get();
     seq->deadline = request.deadline;
     seq->prompt_tokens = static_cast<int64_t>(request.prompt_ids.size());

@@ -51,6 +51,10 @@ struct GenerateRequest {
   std::vector<int32_t> prompt_ids;      // tokenized prompt (BOS included where the model wants one)
   SamplingOptions sampling;
   absl::Time deadline = absl::InfiniteFuture();
+  // Fair-share group of the scheduler (the server's tenant) and its weight: running slots are
+  // shared by weight among the tenants with waiting requests.
+  std::string tenant;
+  double tenant_weight = 1.0;
 };
 
 // Timings and sizes of one finished request (for metrics and access logs).

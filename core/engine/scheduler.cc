@@ -27,7 +27,8 @@ absl::Status Scheduler::Submit(std::shared_ptr<ScheduledRequest> request, absl::
   if (waiting_ >= options_.max_queue) {
     return absl::ResourceExhaustedError(absl::StrCat("request queue full (", waiting_, " waiting)"));
   }
-  auto& q = queues_[request->adapter_name];
+  if (!(request->weight > 0)) request->weight = 1.0;
+  auto& q = queues_[KeyOf(*request)];
   if (static_cast<int>(q.size()) >= options_.max_queue_per_adapter) {
     return absl::ResourceExhaustedError(
         absl::StrCat("queue for adapter \"", request->adapter_name, "\" full (", q.size(), " waiting)"));
@@ -43,33 +44,50 @@ absl::Status Scheduler::Submit(std::shared_ptr<ScheduledRequest> request, absl::
 }
 
 void Scheduler::Admit(absl::Time now) {
+  std::map<std::string, int64_t> held;  // running requests per tenant
+  for (const auto& r : running_) ++held[r->tenant];
   while (static_cast<int>(running_.size()) < options_.max_batch_size && waiting_ > 0) {
-    // Adapters with waiting requests, starting after the one admitted last.
+    // Tenants with waiting requests: their weight and their adapters with waiting requests.
+    std::map<std::string, std::pair<double, std::vector<std::string>>> tenants;
+    for (const auto& [key, q] : queues_) {
+      if (q.empty()) continue;
+      auto& t = tenants[key.first];
+      t.first = q.front()->weight;
+      t.second.push_back(key.second);
+    }
+    if (tenants.empty()) break;
+    // The tenant furthest below its share, the first after the one admitted last on ties.
     std::vector<std::string> order;
-    for (const auto& [name, q] : queues_) {
-      if (!q.empty()) order.push_back(name);
-    }
-    if (order.empty()) break;
-    std::rotate(order.begin(), std::upper_bound(order.begin(), order.end(), last_admitted_adapter_),
-                order.end());
-    for (const std::string& name : order) {
-      if (static_cast<int>(running_.size()) >= options_.max_batch_size) break;
-      auto& q = queues_[name];
-      std::shared_ptr<ScheduledRequest> r = q.front();
-      // KV admission: a prompt that does not fit beside the running requests waits, and nobody
-      // overtakes it.
-      const int64_t need = (r->pending_tokens() + 1) * kv_->bytes_per_token();
-      if (kv_->budget_bytes() > 0 && !running_.empty() && kv_->bytes_reserved() + need > kv_->budget_bytes()) {
-        waiting_count_.store(waiting_);
-        return;
+    for (const auto& [tenant, t] : tenants) order.push_back(tenant);
+    std::rotate(order.begin(), std::upper_bound(order.begin(), order.end(), last_admitted_tenant_), order.end());
+    const std::string* pick = nullptr;
+    double best = 0;
+    for (const std::string& tenant : order) {
+      const double share = static_cast<double>(held[tenant] + 1) / tenants[tenant].first;
+      if (pick == nullptr || share < best) {
+        pick = &tenant;
+        best = share;
       }
-      q.pop_front();
-      --waiting_;
-      if (r->scheduled == absl::InfinitePast()) r->scheduled = now;
-      kv_->Add(r->id);
-      running_.push_back(std::move(r));
-      last_admitted_adapter_ = name;
     }
+    const std::string tenant = *pick;
+    // Its adapter after the one admitted last.
+    std::vector<std::string>& adapters = tenants[tenant].second;
+    auto next = std::upper_bound(adapters.begin(), adapters.end(), last_admitted_adapter_[tenant]);
+    const std::string adapter = next == adapters.end() ? adapters.front() : *next;
+    auto& q = queues_[{tenant, adapter}];
+    std::shared_ptr<ScheduledRequest> r = q.front();
+    // KV admission: a prompt that does not fit beside the running requests waits, and nobody
+    // overtakes it.
+    const int64_t need = (r->pending_tokens() + 1) * kv_->bytes_per_token();
+    if (kv_->budget_bytes() > 0 && !running_.empty() && kv_->bytes_reserved() + need > kv_->budget_bytes()) break;
+    q.pop_front();
+    --waiting_;
+    if (r->scheduled == absl::InfinitePast()) r->scheduled = now;
+    kv_->Add(r->id);
+    running_.push_back(std::move(r));
+    ++held[tenant];
+    last_admitted_tenant_ = tenant;
+    last_admitted_adapter_[tenant] = adapter;
   }
   waiting_count_.store(waiting_);
 }
@@ -94,7 +112,7 @@ bool Scheduler::Preempt(const ScheduledRequest* keep, std::vector<BatchRow>* row
     rows->erase(std::remove_if(rows->begin(), rows->end(), [&](const BatchRow& row) { return row.request == r; }),
                 rows->end());
     absl::MutexLock lock(&mu_);
-    queues_[r->adapter_name].push_front(std::move(r));
+    queues_[KeyOf(*r)].push_front(std::move(r));
     waiting_count_.store(++waiting_);
     preemptions_.fetch_add(1);
     return true;

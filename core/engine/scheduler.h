@@ -5,10 +5,14 @@
 // (the model's KV cache in the engine, a fake in tests; a paged allocator later).
 //
 // Policy:
-//   - per-adapter FIFO queues; Submit refuses (ResourceExhausted) beyond `max_queue` waiting in
-//     all or `max_queue_per_adapter` waiting for one adapter;
-//   - admission round-robin over adapters with waiting requests, starting after the adapter
-//     admitted last, so a hot adapter cannot starve the others; up to `max_batch_size` running;
+//   - FIFO queues per tenant and adapter; Submit refuses (ResourceExhausted) beyond `max_queue`
+//     waiting in all or `max_queue_per_adapter` waiting for one tenant's adapter;
+//   - admission is tenant-fair, then adapter-fair: each free slot (up to `max_batch_size` running)
+//     goes to the tenant with waiting requests whose running requests per unit of weight would be
+//     fewest with it (ties: round-robin after the tenant admitted last), so running slots, and
+//     with them decoded tokens, are shared by weight among the tenants with traffic however much
+//     each sends; within the tenant, round-robin over its adapters with waiting requests after the
+//     one admitted last, so a hot adapter cannot starve the others;
 //   - KV admission: a request whose prompt does not fit beside the running ones waits, and
 //     admission stops there (nobody overtakes it), so a large prompt is not starved by a stream of
 //     small ones: it runs once enough running requests have finished;
@@ -75,7 +79,9 @@ class KvBudget {
 struct ScheduledRequest {
   virtual ~ScheduledRequest() = default;
 
-  std::string adapter_name;           // queue key ("" = the base model)
+  std::string adapter_name;           // queue key with the tenant ("" = the base model)
+  std::string tenant;                 // fair-share group ("" = none given)
+  double weight = 1.0;                // the tenant's share weight (> 0)
   const void* adapter_key = nullptr;  // rows with the same key are placed side by side
   absl::Time deadline = absl::InfiniteFuture();
   int64_t prompt_tokens = 0;          // > 0
@@ -148,10 +154,14 @@ class Scheduler {
   KvBudget* const kv_;
 
   absl::Mutex mu_;
-  std::map<std::string, std::deque<std::shared_ptr<ScheduledRequest>>> queues_ ABSL_GUARDED_BY(mu_);
+  // Keyed by (tenant, adapter).
+  using QueueKey = std::pair<std::string, std::string>;
+  static QueueKey KeyOf(const ScheduledRequest& r) { return {r.tenant, r.adapter_name}; }
+  std::map<QueueKey, std::deque<std::shared_ptr<ScheduledRequest>>> queues_ ABSL_GUARDED_BY(mu_);
   int64_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  std::string last_admitted_adapter_ ABSL_GUARDED_BY(mu_);
+  std::string last_admitted_tenant_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> last_admitted_adapter_ ABSL_GUARDED_BY(mu_);  // per tenant
   std::atomic<int64_t> waiting_count_{0};
   std::atomic<int64_t> running_count_{0};
   std::atomic<int64_t> preemptions_{0};

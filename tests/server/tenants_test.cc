@@ -21,6 +21,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/notification.h"
 #include "client/client.h"
+#include "nlohmann/json.hpp"
 #include "server/server.h"
 #include "server/tenants.h"
 #include "tests/server/server_test_env.h"
@@ -216,6 +217,8 @@ class TenantServerTest : public ::testing::Test {
     tenants_file_ = WriteFile(MakeTempDir() + "/tenants.json", TenantsJson());
     auto options = TestServer::DefaultOptions();
     options.server.tenants_file = tenants_file_;
+    audit_path_ = MakeTempDir() + "/audit.jsonl";
+    options.server.audit_log = audit_path_;
     options.client.bearer_token = "root-token";
     options.client.retry.max_attempts = 1;
     auto t = TestServer::Start(options);
@@ -259,6 +262,7 @@ class TenantServerTest : public ::testing::Test {
   }
 
   std::string tenants_file_;
+  std::string audit_path_;
   std::unique_ptr<TestServer> env_;
   Client* root_ = nullptr;
   std::unique_ptr<Client> acme_, app_, beta_;
@@ -582,6 +586,63 @@ TEST_F(TenantServerTest, QuotasAnswerResourceExhaustedWithRetryAfter) {
                                          R"(", "prompt": "Once", "max_tokens": 2})")));
   EXPECT_EQ(http.status, 429) << http.body;
   EXPECT_TRUE(http.headers.count("retry-after-ms")) << http.body;
+}
+
+TEST_F(TenantServerTest, AuditLogAndPerTenantMetrics) {
+  ASSERT_OK(acme_->LoadAdapter("x", "qv_r4/adapter").status());
+  EXPECT_THAT(app_->DeleteAdapter("x"), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(acme_->MergeAdapter("x"), StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(As("nobody")->DeleteAdapter("x"), StatusIs(absl::StatusCode::kUnauthenticated));
+  ASSERT_OK(acme_->Generate([] {
+                  GenerateRequest g;
+                  g.adapter = "x";
+                  g.token_ids = {1, 403, 407};
+                  g.sampling.max_new_tokens = 4;
+                  g.sampling.ignore_eos = true;
+                  return g;
+                }())
+                .status());
+  ASSERT_OK_AND_ASSIGN(testing::HttpReply unload,
+                       Http("acme-token", "POST", "/v1/unload_lora_adapter", R"({"lora_name": "x"})"));
+  EXPECT_EQ(unload.status, 200) << unload.body;
+
+  std::ifstream in(audit_path_);
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 5u) << "Generate is not a management call";
+  auto at = [&](size_t i, const char* key) { return lines[i][key]; };
+  EXPECT_EQ(at(0, "call"), "LoadAdapter");
+  EXPECT_EQ(at(0, "tenant"), "acme");
+  EXPECT_EQ(at(0, "role"), "operator");
+  EXPECT_EQ(at(0, "adapter"), "acme/x");
+  EXPECT_EQ(at(0, "code"), "OK");
+  EXPECT_EQ(at(0, "via"), "grpc");
+  EXPECT_EQ(at(1, "call"), "DeleteAdapter");
+  EXPECT_EQ(at(1, "tenant"), "acme-app");
+  EXPECT_EQ(at(1, "code"), "PERMISSION_DENIED");
+  EXPECT_THAT(at(1, "message").get<std::string>(), HasSubstr("operator role"));
+  EXPECT_EQ(at(2, "call"), "MergeAdapter");
+  EXPECT_EQ(at(2, "code"), "PERMISSION_DENIED");
+  EXPECT_TRUE(at(3, "tenant").is_null());
+  EXPECT_EQ(at(3, "code"), "UNAUTHENTICATED");
+  EXPECT_EQ(at(4, "via"), "http");
+  EXPECT_EQ(at(4, "call"), "unload_lora_adapter");
+  EXPECT_EQ(at(4, "adapter"), "acme/x");
+  EXPECT_EQ(at(4, "code"), "OK");
+  for (const auto& l : lines) EXPECT_FALSE(l["time"].get<std::string>().empty());
+
+  ASSERT_OK_AND_ASSIGN(auto ok, env_->Metric("loraserve_tenant_requests_total", {{"tenant", "acme"}, {"code", "OK"}}));
+  EXPECT_THAT(ok, ::testing::Optional(3.0));  // load, generate, unload
+  ASSERT_OK_AND_ASSIGN(auto denied, env_->Metric("loraserve_tenant_requests_total",
+                                                 {{"tenant", "acme-app"}, {"code", "PERMISSION_DENIED"}}));
+  EXPECT_THAT(denied, ::testing::Optional(1.0));
+  ASSERT_OK_AND_ASSIGN(auto prompt, env_->Metric("loraserve_tenant_tokens_total", {{"tenant", "acme"}, {"kind", "prompt"}}));
+  EXPECT_THAT(prompt, ::testing::Optional(3.0));
+  ASSERT_OK_AND_ASSIGN(auto generated,
+                       env_->Metric("loraserve_tenant_tokens_total", {{"tenant", "acme"}, {"kind", "generated"}}));
+  EXPECT_THAT(generated, ::testing::Optional(4.0));
+  ASSERT_OK_AND_ASSIGN(auto queued, env_->Metric("loraserve_tenant_queue_time_seconds_count", {{"tenant", "acme"}}));
+  EXPECT_THAT(queued, ::testing::Optional(1.0));
 }
 
 TEST_F(TenantServerTest, ReloadSwapsTenantsAndABadFileKeepsThem) {

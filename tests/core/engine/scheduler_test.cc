@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <random>
@@ -218,6 +219,63 @@ TEST(SchedulerTest, NoStarvationUnderAHotAdapter) {
   EXPECT_OK(cold->status);
   // Admitted at the first free slot after submission (hot requests take 5 steps each).
   EXPECT_LE(cold->first_step - 5, 6);
+}
+
+// Tenant-fair admission: one tenant submits ten times the other's load over many adapters; while
+// both have requests, each tenant's share of the decoded tokens follows its weight (equal weights:
+// half each; 3 to 1: three quarters and one quarter), and the light tenant is never starved.
+TEST(SchedulerTest, TenantsShareTokensByWeightWhateverTheirLoad) {
+  for (const auto& [heavy_weight, want_share] : std::vector<std::pair<double, double>>{{1.0, 0.5}, {3.0, 0.75}}) {
+    FakeKv kv(0);
+    Scheduler s(Options(/*batch=*/8, /*tokens=*/512), &kv);
+    FakeExecutor ex(&s, &kv);
+    std::vector<std::shared_ptr<FakeRequest>> light;
+    auto submit = [&](const std::string& tenant, double weight, const std::string& adapter) {
+      auto r = MakeRequest(adapter, 4, 20);
+      r->tenant = tenant;
+      r->weight = weight;
+      EXPECT_OK(s.Submit(r, T0()));
+      return r;
+    };
+    for (int i = 0; i < 80; ++i) submit("heavy", heavy_weight, std::string(1, static_cast<char>('a' + i % 4)));
+    for (int i = 0; i < 8; ++i) light.push_back(submit("light", 1.0, "z"));
+    std::map<std::string, int64_t> tokens;
+    auto light_active = [&] {
+      return std::any_of(light.begin(), light.end(), [](const auto& r) { return r->times_done == 0; });
+    };
+    int steps = 0;
+    while (light_active() && steps < 1000) {
+      StepPlan plan = ex.RunStep();
+      for (const BatchRow& row : plan.rows) {
+        if (row.samples()) ++tokens[row.request->tenant];
+      }
+      ++steps;
+    }
+    ASSERT_FALSE(light_active()) << "the light tenant starved";
+    const double heavy_share =
+        static_cast<double>(tokens["heavy"]) / static_cast<double>(tokens["heavy"] + tokens["light"]);
+    std::cout << "weights " << heavy_weight << ":1, heavy tenant offered 10x: heavy share of tokens "
+              << heavy_share << " (weight share " << want_share << ") over " << steps << " steps\n";
+    EXPECT_NEAR(heavy_share, want_share, 0.05) << "weights " << heavy_weight << ":1";
+    for (const auto& r : light) EXPECT_OK(r->status);
+  }
+}
+
+// Within a tenant, adapters still take turns; the base model ("") of two tenants is two queues.
+TEST(SchedulerTest, QueuesArePerTenantAndAdapter) {
+  FakeKv kv(0);
+  SchedulerOptions o = Options(/*batch=*/1);
+  o.max_queue_per_adapter = 1;
+  Scheduler s(o, &kv);
+  auto a = MakeRequest("", 2);
+  a->tenant = "a";
+  auto b = MakeRequest("", 2);
+  b->tenant = "b";
+  ASSERT_OK(s.Submit(a, T0()));
+  ASSERT_OK(s.Submit(b, T0()));  // a's base queue is full, b's is its own
+  auto a2 = MakeRequest("", 2);
+  a2->tenant = "a";
+  EXPECT_THAT(s.Submit(a2, T0()), StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
 // A large prompt that does not fit beside the running requests waits, but nobody overtakes it:
