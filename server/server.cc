@@ -211,8 +211,11 @@ void Server::Wait() { server_->Wait(); }
 
 absl::Status Server::ReloadTenants() {
   if (tenants_file_.empty()) return absl::OkStatus();
-  absl::Status s = env_->tenants->Reload(tenants_file_);
+  absl::StatusOr<std::vector<std::function<void()>>> admitted = env_->tenants->Reload(tenants_file_);
+  const absl::Status s = admitted.status();
   if (s.ok()) {
+    // Requests a raised concurrency limit lets in.
+    for (auto& resume : *admitted) env_->pool->Post(std::move(resume));
     env_->logger.Log(absl::StrCat("event=tenants_reloaded tenants=", env_->tenants->directory()->tenants().size()));
   } else {
     env_->logger.Log(absl::StrCat("event=tenants_reload_failed kept=current error=", LogValue(s.message())));

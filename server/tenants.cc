@@ -249,12 +249,19 @@ const TenantSpec* TenantDirectory::Find(absl::string_view id) const {
   return nullptr;
 }
 
-void TenantLimiter::SetQuotas(const TenantQuotas& quotas) {
+std::vector<std::function<void()>> TenantLimiter::SetQuotas(const TenantQuotas& quotas) {
   absl::MutexLock lock(&mu_);
   quotas_ = quotas;
   if (quotas_.tokens_per_minute > 0) {
     bucket_ = std::min(bucket_, static_cast<double>(quotas_.tokens_per_minute));
   }
+  std::vector<std::function<void()>> admitted;
+  while (!waiting_.empty() && (quotas_.concurrent_requests == 0 || running_ < quotas_.concurrent_requests)) {
+    admitted.push_back(std::move(waiting_.front().second));
+    waiting_.pop_front();
+    ++running_;
+  }
+  return admitted;
 }
 
 void TenantLimiter::RefillLocked(absl::Time now) {
@@ -420,12 +427,13 @@ TenantRegistry::TenantRegistry(std::shared_ptr<const TenantDirectory> directory,
   InstallLocked(std::move(directory));
 }
 
-void TenantRegistry::InstallLocked(std::shared_ptr<const TenantDirectory> directory) {
+std::vector<std::function<void()>> TenantRegistry::InstallLocked(std::shared_ptr<const TenantDirectory> directory) {
+  std::vector<std::function<void()>> admitted;
   roots_.clear();
   for (const TenantSpec& t : directory->tenants()) {
     std::unique_ptr<TenantLimiter>& limiter = limiters_[t.id];
     if (limiter == nullptr) limiter = std::make_unique<TenantLimiter>();
-    limiter->SetQuotas(t.quotas);
+    for (auto& resume : limiter->SetQuotas(t.quotas)) admitted.push_back(std::move(resume));
     std::string root;
     if (!adapter_root_.empty()) {
       std::error_code ec;
@@ -436,14 +444,14 @@ void TenantRegistry::InstallLocked(std::shared_ptr<const TenantDirectory> direct
     roots_[t.id] = root;
   }
   directory_ = std::move(directory);
+  return admitted;
 }
 
-absl::Status TenantRegistry::Reload(const std::string& path) {
+absl::StatusOr<std::vector<std::function<void()>>> TenantRegistry::Reload(const std::string& path) {
   absl::StatusOr<std::shared_ptr<const TenantDirectory>> next = TenantDirectory::FromFile(path);
   if (!next.ok()) return next.status();
   absl::MutexLock lock(&mu_);
-  InstallLocked(*std::move(next));
-  return absl::OkStatus();
+  return InstallLocked(*std::move(next));
 }
 
 std::shared_ptr<const TenantDirectory> TenantRegistry::directory() const {

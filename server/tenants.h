@@ -97,7 +97,9 @@ class TenantDirectory {
 // the tokens-per-minute bucket.
 class TenantLimiter {
  public:
-  void SetQuotas(const TenantQuotas& quotas);
+  // Returns the resumes of waiting requests that a raised concurrency limit admits now (to run on
+  // a pool).
+  std::vector<std::function<void()>> SetQuotas(const TenantQuotas& quotas);
 
   // Admits one request. Returns true when it holds a slot now; false when it waits in the queue
   // (`resume` is then returned by a later Leave(); `*ticket` identifies it for Withdraw). Over a
@@ -171,15 +173,17 @@ class TenantRegistry {
   // `adapter_root`: the server's canonical --adapter_root ("" = none).
   TenantRegistry(std::shared_ptr<const TenantDirectory> directory, std::string adapter_root);
 
-  // Replaces the directory with the file's; on any error keeps the current one.
-  absl::Status Reload(const std::string& path);
+  // Replaces the directory with the file's; on any error keeps the current one. Returns the
+  // resumes of waiting requests that raised limits admit (to run on a pool).
+  absl::StatusOr<std::vector<std::function<void()>>> Reload(const std::string& path);
   std::shared_ptr<const TenantDirectory> directory() const;
   // Authenticates and returns the caller.
   absl::StatusOr<Caller> Authenticate(std::optional<absl::string_view> authorization) const;
   TenantLimiter* LimiterFor(const std::string& id) const;
 
  private:
-  void InstallLocked(std::shared_ptr<const TenantDirectory> directory) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<std::function<void()>> InstallLocked(std::shared_ptr<const TenantDirectory> directory)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string adapter_root_;
   mutable absl::Mutex mu_;

@@ -196,6 +196,25 @@ TEST(TenantLimiterTest, SlotsQueueWithdrawAndTheTokenBucket) {
   EXPECT_FALSE(limiter.Leave());
   EXPECT_EQ(limiter.running(), 0);
 
+  // A raised limit (a reload) admits waiting requests at once.
+  q.concurrent_requests = 1;
+  q.queued_requests = 2;
+  limiter.SetQuotas(q);
+  EXPECT_THAT(limiter.Enter([] {}, &t1, &retry), IsOkAndHolds(true));
+  EXPECT_THAT(limiter.Enter([&] { ++resumed; }, &t1, &retry), IsOkAndHolds(false));
+  EXPECT_THAT(limiter.Enter([&] { ++resumed; }, &t2, &retry), IsOkAndHolds(false));
+  q.concurrent_requests = 2;
+  std::vector<std::function<void()>> admitted = limiter.SetQuotas(q);
+  ASSERT_EQ(admitted.size(), 1u);
+  admitted[0]();
+  EXPECT_EQ(resumed, 2);
+  EXPECT_EQ(limiter.running(), 2);
+  EXPECT_EQ(limiter.waiting(), 1);
+  q.concurrent_requests = 0;  // unlimited
+  EXPECT_EQ(limiter.SetQuotas(q).size(), 1u);
+  EXPECT_EQ(limiter.waiting(), 0);
+  while (limiter.running() > 0) (void)limiter.Leave();
+
   q = TenantQuotas();
   q.tokens_per_minute = 600;  // 10 a second
   limiter.SetQuotas(q);
