@@ -184,7 +184,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
         reserved_ = true;
         s = CheckAdapterQuota(*env_, *engine_, call_.caller(), name_, total_, /*already_counted=*/true);
         if (!s.ok()) {
-          call_.set_retry_after(absl::Seconds(1));
+          call_.set_retry_after(kAdapterQuotaRetryAfter);
           return s;
         }
       }
@@ -235,7 +235,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
     reserved_ = false;
     s = EnforceBytesQuota(*env_, *engine_, call_.caller(), name_);
     if (!s.ok()) {
-      call_.set_retry_after(absl::Seconds(1));
+      call_.set_retry_after(kAdapterQuotaRetryAfter);
       return Fail(s);
     }
     *response_->mutable_adapter() = Describe(*env_, call_.tenant(), *engine_, *info);
@@ -484,14 +484,14 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
   std::shared_ptr<core::Engine> engine = target->engine;
   absl::StatusOr<RootLoad> load = BeginRootLoad(*env_, *engine, c->call.tenant(), target->name, request->path());
   if (!load.ok()) {
-    if (load.status().code() == absl::StatusCode::kResourceExhausted) c->call.set_retry_after(absl::Seconds(1));
+    if (load.status().code() == absl::StatusCode::kResourceExhausted) c->call.set_retry_after(kAdapterQuotaRetryAfter);
     c->Finish(load.status());
     return reactor;
   }
   env_->pool->Post([c, engine, load = *std::move(load), response] {
     absl::StatusOr<RootLoadResult> r = FinishRootLoad(*c->env, *engine, c->call.tenant(), load);
     if (!r.ok()) {
-      if (r.status().code() == absl::StatusCode::kResourceExhausted) c->call.set_retry_after(absl::Seconds(1));
+      if (r.status().code() == absl::StatusCode::kResourceExhausted) c->call.set_retry_after(kAdapterQuotaRetryAfter);
       return c->Finish(r.status());
     }
     response->set_already_loaded(r->already_loaded);
@@ -692,7 +692,7 @@ grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerCo
   }
   if (s.ok() && !target->engine->GetAdapter(target->name).ok()) {
     s = CheckAdapterQuota(*env_, *target->engine, c->call.caller(), target->name, 0, /*already_counted=*/false);
-    if (!s.ok()) c->call.set_retry_after(absl::Seconds(1));
+    if (!s.ok()) c->call.set_retry_after(kAdapterQuotaRetryAfter);
   }
   if (!s.ok()) {
     c->Finish(s);

@@ -97,14 +97,4 @@ absl::StatusOr<std::unique_ptr<BearerTokenAuth>> BearerTokenAuth::FromText(absl:
   return std::unique_ptr<BearerTokenAuth>(new BearerTokenAuth(std::move(digests)));
 }
 
-absl::Status BearerTokenAuth::Check(std::optional<absl::string_view> authorization) const {
-  absl::StatusOr<absl::string_view> token = BearerTokenOf(authorization);
-  if (!token.ok()) return token.status();
-  // Thanks to hashing, the time taken does not depend on the presented token's length either.
-  if (MatchDigest(DigestOfToken(*token), digests_) < 0) {
-    return absl::UnauthenticatedError("unknown bearer token");
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace loraserve::server

@@ -1,4 +1,5 @@
-// Bearer-token authentication of loraserve.v1 calls: the caller sends request metadata
+// Bearer-token authentication of loraserve.v1 calls (the checking is TenantDirectory's, in
+// server/tenants.h; this reads --auth_tokens_file): the caller sends request metadata
 // `authorization: Bearer <token>` with one of the tokens the server was started with
 // (--auth_tokens_file). Only SHA-256 digests of the tokens are kept, and a presented token is
 // compared with every one of them in constant time, so neither timing nor a memory dump reveals
@@ -41,12 +42,6 @@ class BearerTokenAuth {
   // The same rules over the file's text (`source` names it in error messages).
   static absl::StatusOr<std::unique_ptr<BearerTokenAuth>> FromText(absl::string_view text,
                                                                    absl::string_view source);
-
-  // `authorization` is the call's `authorization` metadata value (nullopt when absent). OK when it
-  // is "Bearer <token>" (scheme case-insensitive) with a known token; Unauthenticated otherwise,
-  // the message saying whether the metadata was missing, malformed or the token unknown (never
-  // the token itself).
-  absl::Status Check(std::optional<absl::string_view> authorization) const;
 
   int size() const { return static_cast<int>(digests_.size()); }
   const std::vector<TokenDigest>& digests() const { return digests_; }

@@ -690,7 +690,7 @@ HttpEndpoint::Response OpenAiApi::LoadLora(const Request& request) {
   RecordAdapterCall(*env_, "load_lora_adapter", request, call, call.tenant.Rename(result.status()));
   if (!result.ok()) {
     Response r = ErrorOf(call.tenant.Rename(result.status()), param);
-    if (result.status().code() == absl::StatusCode::kResourceExhausted) r.headers[kRetryAfterKey] = "1000";
+    if (result.status().code() == absl::StatusCode::kResourceExhausted) r.headers[kRetryAfterKey] = std::to_string(absl::ToInt64Milliseconds(kAdapterQuotaRetryAfter));
     return r;
   }
   if (!result->already_loaded) env_->logger.Log(absl::StrCat("event=adapter_loaded via=http ", result->event));

@@ -200,7 +200,8 @@ absl::StatusOr<std::shared_ptr<const TenantDirectory>> TenantDirectory::FromJson
       if (!digests.insert(digest).second) {
         return Bad(source, absl::StrCat("tenants[", i, "] (", t->id, ")"), "a token is listed twice");
       }
-      d->tokens_.emplace_back(digest, d->tenants_.size());
+      d->token_digests_.push_back(digest);
+      d->token_tenants_.push_back(d->tenants_.size());
     }
     d->tenants_.push_back(*std::move(t));
   }
@@ -222,7 +223,8 @@ std::shared_ptr<const TenantDirectory> TenantDirectory::SingleTenant(std::vector
   t.id = kDefaultTenant;
   t.ns = kDefaultTenant;
   t.role = Role::kAdmin;
-  for (const TokenDigest& digest : digests) d->tokens_.emplace_back(digest, 0);
+  d->token_digests_ = digests;
+  d->token_tenants_.assign(digests.size(), 0);
   d->requires_token_ = !digests.empty();
   t.token_digests = std::move(digests);
   d->tenants_.push_back(std::move(t));
@@ -234,12 +236,9 @@ absl::StatusOr<const TenantSpec*> TenantDirectory::Authenticate(
   if (!requires_token_) return &tenants_.front();
   absl::StatusOr<absl::string_view> token = BearerTokenOf(authorization);
   if (!token.ok()) return token.status();
-  std::vector<TokenDigest> known;
-  known.reserve(tokens_.size());
-  for (const auto& [digest, index] : tokens_) known.push_back(digest);
-  const int match = MatchDigest(DigestOfToken(*token), known);
+  const int match = MatchDigest(DigestOfToken(*token), token_digests_);
   if (match < 0) return absl::UnauthenticatedError("unknown bearer token");
-  return &tenants_[tokens_[match].second];
+  return &tenants_[token_tenants_[match]];
 }
 
 const TenantSpec* TenantDirectory::Find(absl::string_view id) const {
@@ -474,12 +473,6 @@ absl::StatusOr<Caller> TenantRegistry::Authenticate(std::optional<absl::string_v
   // A reload between the two locks may have dropped the tenant: it then has no adapter root.
   c.adapter_root = it == roots_.end() ? std::string() : it->second;
   return c;
-}
-
-TenantLimiter* TenantRegistry::LimiterFor(const std::string& id) const {
-  absl::MutexLock lock(&mu_);
-  auto it = limiters_.find(id);
-  return it == limiters_.end() ? nullptr : it->second.get();
 }
 
 }  // namespace loraserve::server

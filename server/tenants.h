@@ -36,6 +36,8 @@ namespace loraserve::server {
 
 inline constexpr char kSharedNamespace[] = "shared";
 inline constexpr char kDefaultTenant[] = "default";
+// retry-after-ms of an adapters / adapter_bytes quota refusal (freeing room takes a delete).
+inline constexpr absl::Duration kAdapterQuotaRetryAfter = absl::Seconds(1);
 
 // Ordered: each role may do everything the roles below it may.
 enum class Role { kUser = 0, kOperator = 1, kAdmin = 2 };
@@ -89,8 +91,9 @@ class TenantDirectory {
   bool namespaced_ = false;
   bool requires_token_ = false;
   std::vector<TenantSpec> tenants_;
-  // Every token's digest with the index of its tenant.
-  std::vector<std::pair<TokenDigest, size_t>> tokens_;
+  // Every token's digest, and the index of its tenant at the same position.
+  std::vector<TokenDigest> token_digests_;
+  std::vector<size_t> token_tenants_;
 };
 
 // One tenant's admission of inference requests: concurrency slots with a bounded wait queue, and
@@ -179,7 +182,6 @@ class TenantRegistry {
   std::shared_ptr<const TenantDirectory> directory() const;
   // Authenticates and returns the caller.
   absl::StatusOr<Caller> Authenticate(std::optional<absl::string_view> authorization) const;
-  TenantLimiter* LimiterFor(const std::string& id) const;
 
  private:
   std::vector<std::function<void()>> InstallLocked(std::shared_ptr<const TenantDirectory> directory)

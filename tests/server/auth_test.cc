@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "server/auth.h"
+#include "server/tenants.h"
 #include "server/server.h"
 #include "tests/server/server_test_env.h"
 #include "tests/testing/fixtures.h"
@@ -57,19 +58,24 @@ TEST(BearerTokenAuthTest, TokenFileRulesAndTheHeaderCheck) {
   ASSERT_OK_AND_ASSIGN(auto auth,
                        BearerTokenAuth::FromText("# team a\n\n  alpha-1 \r\nbeta.2\n#gamma\n", "t"));
   EXPECT_EQ(auth->size(), 2);
-  EXPECT_OK(auth->Check("Bearer alpha-1"));
-  EXPECT_OK(auth->Check("bearer beta.2"));  // the scheme is case-insensitive (RFC 7235)
-  EXPECT_OK(auth->Check("BEARER   alpha-1 "));
+  // The server checks the file's tokens as its one tenant.
+  const auto tenants = server::TenantDirectory::SingleTenant(auth->digests());
+  auto check = [&tenants](std::optional<absl::string_view> authorization) {
+    return tenants->Authenticate(authorization).status();
+  };
+  EXPECT_OK(check("Bearer alpha-1"));
+  EXPECT_OK(check("bearer beta.2"));  // the scheme is case-insensitive (RFC 7235)
+  EXPECT_OK(check("BEARER   alpha-1 "));
   const auto unknown = StatusIs(kUnauthenticated, HasSubstr("unknown bearer token"));
-  EXPECT_THAT(auth->Check("Bearer gamma"), unknown);
-  EXPECT_THAT(auth->Check("Bearer alpha"), unknown);  // a prefix of a token
-  EXPECT_THAT(auth->Check("Bearer alpha-1x"), unknown);
-  EXPECT_THAT(auth->Check("Bearer Alpha-1"), unknown);  // tokens are case-sensitive
-  EXPECT_THAT(auth->Check(std::nullopt), StatusIs(kUnauthenticated, HasSubstr("missing")));
-  EXPECT_THAT(auth->Check("Basic YWxwaGEtMQ=="), StatusIs(kUnauthenticated, HasSubstr("malformed")));
-  EXPECT_THAT(auth->Check("alpha-1"), StatusIs(kUnauthenticated, HasSubstr("malformed")));
-  EXPECT_THAT(auth->Check("Bearer    "), StatusIs(kUnauthenticated, HasSubstr("malformed")));
-  EXPECT_THAT(auth->Check(""), StatusIs(kUnauthenticated, HasSubstr("malformed")));
+  EXPECT_THAT(check("Bearer gamma"), unknown);
+  EXPECT_THAT(check("Bearer alpha"), unknown);  // a prefix of a token
+  EXPECT_THAT(check("Bearer alpha-1x"), unknown);
+  EXPECT_THAT(check("Bearer Alpha-1"), unknown);  // tokens are case-sensitive
+  EXPECT_THAT(check(std::nullopt), StatusIs(kUnauthenticated, HasSubstr("missing")));
+  EXPECT_THAT(check("Basic YWxwaGEtMQ=="), StatusIs(kUnauthenticated, HasSubstr("malformed")));
+  EXPECT_THAT(check("alpha-1"), StatusIs(kUnauthenticated, HasSubstr("malformed")));
+  EXPECT_THAT(check("Bearer    "), StatusIs(kUnauthenticated, HasSubstr("malformed")));
+  EXPECT_THAT(check(""), StatusIs(kUnauthenticated, HasSubstr("malformed")));
 
   EXPECT_THAT(BearerTokenAuth::FromText("", "empty"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no token")));
