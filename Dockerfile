@@ -22,7 +22,7 @@ RUN apt-get update \
  && grep -v '^#' /tmp/runtime-packages.txt | xargs apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages.txt \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin loraserve \
- && mkdir -p /var/lib/loraserve/adapters /var/lib/loraserve/uploads \
+ && mkdir -p /var/lib/loraserve/adapters /var/lib/loraserve/uploads /var/lib/loraserve/state \
  && chown -R loraserve:loraserve /var/lib/loraserve
 COPY --from=builder /opt/loraserve /opt/loraserve
 ENV PATH=/opt/loraserve/bin:$PATH
@@ -34,4 +34,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["loractl", "--addr", "127.0.0.1:50051", "--timeout", "2", "health"]
 ENTRYPOINT ["loraserve", "--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464", \
             "--model=/opt/loraserve/share/loraserve/default-model", \
-            "--adapter_root=/var/lib/loraserve/adapters", "--upload_dir=/var/lib/loraserve/uploads"]
+            "--adapter_root=/var/lib/loraserve/adapters", "--upload_dir=/var/lib/loraserve/uploads", \
+            "--state_dir=/var/lib/loraserve/state"]

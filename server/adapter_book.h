@@ -21,10 +21,16 @@ enum class AdapterOrigin { kUnknown, kAdapterRoot, kUpload, kCombined };
 
 struct AdapterProvenance {
   AdapterOrigin origin = AdapterOrigin::kUnknown;
-  std::string relative_path;  // kAdapterRoot: the directory relative to the adapter root
-  std::string upload_dir;     // kUpload: the server directory holding the files (removed on delete)
+  std::string relative_path;  // kAdapterRoot: the directory relative to the caller's adapter root
+  std::string root_path;      // kAdapterRoot: the directory relative to --adapter_root
+  // kUpload, and kCombined under --state_dir: the server directory holding the files (removed
+  // when the adapter is deleted).
+  std::string upload_dir;
   // kAdapterRoot / kUpload: loraserve.v1.Adapter.checksum of the files loaded; "" otherwise.
   std::string checksum;
+  // kCombined under --state_dir: the checksum of the saved files, and the request as JSON.
+  std::string files_checksum;
+  std::string recipe_json;
 };
 
 class AdapterBook {

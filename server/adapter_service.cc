@@ -11,13 +11,18 @@
 #include <utility>
 #include <vector>
 
+#include <google/protobuf/util/json_util.h>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "core/base/status_macros.h"
 #include "core/engine/engine.h"
+#include "core/io/file_util.h"
+#include "server/durable_state.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
 #include "transfer/file_transfer.h"
@@ -79,6 +84,16 @@ absl::Status EnforceBytesQuota(ServiceEnv& env, core::Engine& engine, const Call
   return s;
 }
 
+// After a load: records `name` under --state_dir before the call is acknowledged; a record that
+// cannot be written unloads it again (the caller's error says why), so nothing acknowledged is
+// missing after a restart.
+absl::Status PersistOrUnload(ServiceEnv& env, core::Engine& engine, const std::string& name) {
+  absl::Status s = PersistAdapter(env, engine, name);
+  if (s.ok()) return s;
+  (void)DeleteAdapterNamed(env, engine, name);
+  return absl::InternalError(absl::StrCat("adapter ", name, " was not loaded: ", s.message()));
+}
+
 // Whether `name` is already loaded with the content `checksum` (an error when the given files have
 // none, e.g. one is missing): the existing adapter's description when it is (a retried call);
 // nullopt when no adapter has the name; AlreadyExists when the name holds other content.
@@ -107,11 +122,26 @@ absl::StatusOr<std::optional<pb::Adapter>> AlreadyLoaded(const ServiceEnv& env, 
   return std::optional<pb::Adapter>(Describe(env, tenant, engine, *info));
 }
 
+// The CombineAdapters request as JSON with the sources' engine names: the record of how a combined
+// adapter was made (its saved weights are what a restart loads).
+std::string CombineRecipe(const pb::CombineAdaptersRequest& request, const std::vector<std::string>& sources) {
+  pb::CombineAdaptersRequest copy = request;
+  copy.clear_name();
+  for (int i = 0; i < copy.sources_size() && i < static_cast<int>(sources.size()); ++i) {
+    copy.mutable_sources(i)->set_name(sources[static_cast<size_t>(i)]);
+  }
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(copy, &json, options);
+  return json;
+}
+
 // Removes the upload directories of adapters that no longer exist (on the pool: file I/O).
 void RemoveUploads(ServiceEnv* env, const std::vector<AdapterProvenance>& gone) {
   std::vector<std::string> dirs;
   for (const auto& p : gone) {
-    if (p.origin == AdapterOrigin::kUpload && !p.upload_dir.empty()) dirs.push_back(p.upload_dir);
+    if (!p.upload_dir.empty()) dirs.push_back(p.upload_dir);
   }
   if (dirs.empty()) return;
   env->pool->Post([dirs = std::move(dirs)] {
@@ -223,6 +253,11 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
       if (!s.ok()) return Fail(s);
       reserved_ = true;
     }
+    // Under --state_dir the files are the adapter's durable copy: on disk before the record.
+    if (env_->state != nullptr) {
+      s = core::SyncTree(dir_);
+      if (!s.ok()) return Fail(absl::InternalError(absl::StrCat("cannot make the upload durable: ", s.message())));
+    }
     const absl::Time start = absl::Now();
     absl::StatusOr<core::AdapterInfo> info = engine_->LoadAdapter(name_, dir_);
     env_->metrics->RecordAdapterLoad(absl::Now() - start);
@@ -236,6 +271,12 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
     s = EnforceBytesQuota(*env_, *engine_, call_.caller(), name_);
     if (!s.ok()) {
       call_.set_retry_after(kAdapterQuotaRetryAfter);
+      dir_.clear();  // removed with the adapter
+      return Fail(s);
+    }
+    s = PersistOrUnload(*env_, *engine_, name_);
+    if (!s.ok()) {
+      dir_.clear();
       return Fail(s);
     }
     *response_->mutable_adapter() = Describe(*env_, call_.tenant(), *engine_, *info);
@@ -431,10 +472,12 @@ absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& eng
   AdapterProvenance p;
   p.origin = AdapterOrigin::kAdapterRoot;
   p.relative_path = RelativeTo(load.dir, tenant.caller().adapter_root).value_or("");
+  p.root_path = RelativeTo(load.dir, env.config.adapter_root).value_or("");
   p.checksum = checksum.ok() ? *checksum : std::string();
   out.relative_path = p.relative_path;
   env.book.EndLoad(load.name, std::move(p));
   LORASERVE_RETURN_IF_ERROR(EnforceBytesQuota(env, engine, tenant.caller(), load.name));
+  LORASERVE_RETURN_IF_ERROR(PersistOrUnload(env, engine, load.name));
   out.adapter = Describe(env, tenant, engine, *info);
   out.event = absl::StrFormat("name=%s source=adapter_root path=%s checksum=%s bytes=%d load_ms=%.1f", load.name,
                               LogValue(out.relative_path), out.adapter.checksum(), info->bytes,
@@ -559,9 +602,20 @@ absl::Status DeleteAdapterNamed(ServiceEnv& env, core::Engine& engine, const std
   if (env.book.IsLoading(name)) {
     return absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is still loading"));
   }
-  LORASERVE_RETURN_IF_ERROR(engine.DeleteAdapter(name));
+  absl::Status deleted = engine.DeleteAdapter(name);
+  if (!deleted.ok()) {
+    // A record whose restore failed at start names no loaded adapter: deleting the name drops it.
+    if (deleted.code() == absl::StatusCode::kNotFound) (void)PersistAdapter(env, engine, name);
+    return deleted;
+  }
   std::optional<AdapterProvenance> p = env.book.Forget(name);
-  if (p.has_value()) RemoveUploads(&env, {*p});
+  // The record goes before the files it names.
+  absl::Status persisted = PersistAdapter(env, engine, name);
+  if (p.has_value() && persisted.ok()) RemoveUploads(&env, {*p});
+  if (!persisted.ok()) {
+    return absl::InternalError(absl::StrCat("adapter ", name, " was deleted, but it will be back after a restart: ",
+                                            persisted.message()));
+  }
   return absl::OkStatus();
 }
 
@@ -594,6 +648,24 @@ void FinishMergeOp(UnaryCall* c, core::Engine& engine, const std::string& name, 
   c->Finish(info.status());
 }
 
+// After a merge (`merged`) or an unmerge of `name`: records the merge order under --state_dir;
+// when that fails, undoes the change (so the served weights match what a restart restores) and
+// says so. Pool thread.
+absl::Status PersistMergeOrUndo(ServiceEnv& env, const std::shared_ptr<core::Engine>& engine, const std::string& name,
+                                bool merged) {
+  absl::Status s = PersistMerges(env, *engine);
+  if (s.ok()) return s;
+  absl::Notification undone;
+  if (merged) {
+    engine->UnmergeAdapter(name, [&](absl::Status) { undone.Notify(); });
+  } else {
+    engine->MergeAdapter(name, [&](absl::StatusOr<bool>) { undone.Notify(); });
+  }
+  undone.WaitForNotification();
+  return absl::InternalError(absl::StrCat(merged ? "the merge of " : "the unmerge of ", name,
+                                          " was undone: ", s.message()));
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerContext* context,
@@ -614,6 +686,7 @@ grpc::ServerUnaryReactor* AdapterService::MergeAdapter(grpc::CallbackServerConte
     // Engine thread: hand the follow-up (which calls back into the engine) to the pool.
     c->env->pool->Post([c, engine, name, response, start, merged = std::move(merged)] {
       if (!merged.ok()) return c->Finish(merged.status());
+      if (absl::Status s = PersistMergeOrUndo(*c->env, engine, name, /*merged=*/true); !s.ok()) return c->Finish(s);
       response->set_already_merged(!*merged);
       FinishMergeOp(c, *engine, name, "merge", start,
                     *merged ? "already_merged=false " : "already_merged=true ",
@@ -640,6 +713,7 @@ grpc::ServerUnaryReactor* AdapterService::UnmergeAdapter(grpc::CallbackServerCon
   engine->UnmergeAdapter(name, [c, engine, name, response, start](absl::Status done) {
     c->env->pool->Post([c, engine, name, response, start, done] {
       if (!done.ok()) return c->Finish(done);
+      if (absl::Status s = PersistMergeOrUndo(*c->env, engine, name, /*merged=*/false); !s.ok()) return c->Finish(s);
       FinishMergeOp(c, *engine, name, "unmerge", start, "", response->mutable_adapter());
     });
   });
@@ -659,14 +733,26 @@ grpc::ServerUnaryReactor* AdapterService::UnloadAll(grpc::CallbackServerContext*
     return reactor;
   }
   std::shared_ptr<core::Engine> engine = *std::move(engine_or);
-  const int before = static_cast<int>(engine->ListAdapters().size());
-  engine->UnloadAll([c, response, before](absl::Status done) {
-    if (done.ok()) {
-      RemoveUploads(c->env, c->env->book.ForgetAll());
-      response->set_deleted(before);
-      c->call.LogEvent("adapters_unloaded", absl::StrCat("count=", before));
-    }
-    c->Finish(done);
+  std::vector<std::string> names;
+  for (const core::AdapterInfo& info : engine->ListAdapters()) names.push_back(info.name);
+  engine->UnloadAll([c, engine, response, names = std::move(names)](absl::Status done) {
+    if (!done.ok()) return c->Finish(done);
+    c->env->pool->Post([c, engine, response, names] {
+      // The records go before the files they name.
+      absl::Status s = PersistMerges(*c->env, *engine);
+      for (const std::string& name : names) {
+        if (s.ok()) s = PersistAdapter(*c->env, *engine, name);
+      }
+      if (s.ok()) RemoveUploads(c->env, c->env->book.ForgetAll());
+      if (!s.ok()) {
+        (void)c->env->book.ForgetAll();
+        s = absl::InternalError(absl::StrCat("the adapters were unloaded, but some will be back after a restart: ",
+                                             s.message()));
+      }
+      response->set_deleted(static_cast<int>(names.size()));
+      c->call.LogEvent("adapters_unloaded", absl::StrCat("count=", names.size()));
+      c->Finish(s);
+    });
   });
   return reactor;
 }
@@ -702,21 +788,55 @@ grpc::ServerUnaryReactor* AdapterService::CombineAdapters(grpc::CallbackServerCo
   std::shared_ptr<core::Engine> engine = target->engine;
   const std::string model_name = engine->model_name();
   const std::string type = core::CombinationTypeName(options->type);
+  std::string recipe;
+  if (env_->state != nullptr) recipe = CombineRecipe(*request, sources);
   engine->CombineAdapters(
       name, sources, *options,
-      [c, engine, response, model_name, type, sources](absl::StatusOr<core::AdapterInfo> info) {
-        if (info.ok()) {
-          AdapterProvenance p;
-          p.origin = AdapterOrigin::kCombined;
-          c->env->book.Record(info->name, p);
-          *response->mutable_adapter() =
-              AdapterToProto(*info, p, c->call.caller().adapter_root, model_name);
-          response->mutable_adapter()->set_name(c->call.tenant().Display(info->name));
+      [c, engine, response, model_name, type, sources, recipe](absl::StatusOr<core::AdapterInfo> info) {
+        if (!info.ok()) return c->Finish(info.status());
+        auto reply = [c, engine, response, model_name, type, sources](const core::AdapterInfo& info,
+                                                                      const AdapterProvenance& p) {
+          *response->mutable_adapter() = AdapterToProto(info, p, c->call.caller().adapter_root, model_name);
+          response->mutable_adapter()->set_name(c->call.tenant().Display(info.name));
           c->call.LogEvent("adapter_combined",
-                           absl::StrFormat("name=%s type=%s sources=%s rank=%d", info->name, type,
-                                           absl::StrJoin(sources, ","), info->max_rank));
+                           absl::StrFormat("name=%s type=%s sources=%s rank=%d", info.name, type,
+                                           absl::StrJoin(sources, ","), info.max_rank));
+          c->Finish(absl::OkStatus());
+        };
+        AdapterProvenance p;
+        p.origin = AdapterOrigin::kCombined;
+        if (c->env->state == nullptr) {
+          c->env->book.Record(info->name, p);
+          return reply(*info, p);
         }
-        c->Finish(info.status());
+        // Under --state_dir the combination is saved (its weights, not just the recipe: the
+        // sources may go) and recorded before the reply. Engine thread: file work on the pool.
+        p.recipe_json = recipe;
+        c->env->pool->Post([c, engine, info = *info, p, reply]() mutable {
+          auto fail = [c, engine, name = info.name](const std::string& dir, const absl::Status& s) {
+            (void)engine->DeleteAdapter(name);
+            if (!dir.empty()) transfer::RemoveTree(dir);
+            c->Finish(absl::InternalError(absl::StrCat("adapter ", name, " was not combined: ", s.message())));
+          };
+          absl::StatusOr<std::string> dir = transfer::MakeUniqueDir(c->env->state->files_dir(), "combined-");
+          if (!dir.ok()) return fail("", dir.status());
+          engine->SaveAdapter(info.name, *dir, [c, engine, info, p, reply, fail, dir = *dir](absl::Status saved) mutable {
+            c->env->pool->Post([c, engine, info, p, reply, fail, dir, saved]() mutable {
+              absl::Status s = saved;
+              if (s.ok()) s = core::SyncTree(dir);
+              absl::StatusOr<std::string> checksum = s.ok() ? transfer::AdapterChecksumOfDir(dir) : s;
+              if (!checksum.ok()) return fail(dir, checksum.status());
+              p.upload_dir = dir;
+              p.files_checksum = *checksum;
+              c->env->book.Record(info.name, p);
+              if (absl::Status persisted = PersistAdapter(*c->env, *engine, info.name); !persisted.ok()) {
+                (void)c->env->book.Forget(info.name);
+                return fail(dir, persisted);
+              }
+              reply(info, p);
+            });
+          });
+        });
       });
   return reactor;
 }

@@ -105,6 +105,11 @@ ABSL_FLAG(std::string, audit_log, "",
           "append one JSON line per management call (load, upload, delete, merge, unmerge, "
           "unload-all, combine, save, export; gRPC and HTTP) with time, tenant, role, call, "
           "adapter, code and message to this file. Empty = no audit log");
+ABSL_FLAG(std::string, state_dir, "",
+          "durable state (README: Durable state): every adapter loaded, uploaded or combined and "
+          "every merge is recorded here (atomically, fsynced) before the call is acknowledged, "
+          "and restored on start before health turns SERVING; uploads are kept here. Created if "
+          "missing. Empty = a restart forgets every adapter");
 ABSL_FLAG(std::string, port_file, "",
           "if set, the bound gRPC port is written to this file once the server is ready");
 ABSL_FLAG(std::string, metrics_port_file, "",
@@ -218,6 +223,7 @@ int main(int argc, char** argv) {
   options.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   options.tenants_file = absl::GetFlag(FLAGS_tenants_file);
   options.audit_log = absl::GetFlag(FLAGS_audit_log);
+  options.state_dir = absl::GetFlag(FLAGS_state_dir);
   auto server = loraserve::server::Server::Start(options);
   if (!server.ok()) {
     Log(server.status().ToString());

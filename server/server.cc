@@ -13,6 +13,7 @@
 #include "core/engine/engine.h"
 #include "server/adapter_service.h"
 #include "server/auth.h"
+#include "server/durable_state.h"
 #include "server/inference_service.h"
 #include "server/metrics.h"
 #include "server/openai_api.h"
@@ -86,6 +87,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   env.path_aliases.push_back({env.config.upload_dir, "<upload_dir>"});
   env.config.scratch_dir = env.config.upload_dir;
+  if (!options.state_dir.empty()) {
+    absl::StatusOr<std::unique_ptr<StateStore>> state = StateStore::Open(options.state_dir);
+    if (!state.ok()) return state.status();
+    env.state = *std::move(state);
+    // Uploads are written where they stay: the state directory keeps them.
+    env.config.upload_dir = env.state->files_dir();
+    env.path_aliases.push_back({env.state->dir(), "<state_dir>"});
+  }
   env.config.max_upload_bytes = options.max_upload_bytes;
   env.config.load_on_miss = options.adapter_load_on_miss;
   if (options.adapter_load_on_miss && env.config.adapter_root.empty()) {
@@ -167,8 +176,9 @@ Server::~Server() {
   }
   pool_.reset();  // runs the clean-up tasks still queued
   if (env_ != nullptr) {
+    // Under --state_dir the files outlive the process (the records name them).
     for (const AdapterProvenance& p : env_->book.ForgetAll()) {
-      if (p.origin == AdapterOrigin::kUpload) transfer::RemoveTree(p.upload_dir);
+      if (env_->state == nullptr && !p.upload_dir.empty()) transfer::RemoveTree(p.upload_dir);
     }
   }
   transfer::RemoveTree(private_upload_dir_);
@@ -177,6 +187,8 @@ Server::~Server() {
 int Server::metrics_port() const { return http_ != nullptr ? http_->port() : 0; }
 
 void Server::AttachEngine(std::shared_ptr<core::Engine> engine) {
+  // Before any call is admitted and before health says SERVING.
+  (void)RestoreState(*env_, *engine);
   Metrics* metrics = metrics_.get();
   engine->SetStepObserver([metrics](int batch_size, int distinct_adapters, int new_tokens,
                                     absl::Duration step_time) {

@@ -82,6 +82,11 @@ struct ServerOptions {
   // Audit log (JSON lines, appended): every management call with tenant, call, adapter and result.
   // "" = none.
   std::string audit_log;
+  // Durable state (README "Durable state"): adapters loaded, uploaded, combined and merged are
+  // recorded here before each call is acknowledged and restored by AttachEngine before health
+  // turns SERVING; uploads are written below it. Created if missing. "" = nothing survives a
+  // restart.
+  std::string state_dir;
   // Distinct tenant label values in metrics before they overflow to "other".
   int max_tenant_labels = 64;
   // Where access and event log lines go; null = stderr.
@@ -101,8 +106,8 @@ class Server {
   // The /metrics HTTP port; 0 without one.
   int metrics_port() const;
 
-  // Starts using `engine` (already loaded and warmed up): installs the metrics step observer and
-  // turns health SERVING unless draining. Call once.
+  // Starts using `engine` (already loaded and warmed up): restores --state_dir's adapters into
+  // it, installs the metrics step observer and turns health SERVING unless draining. Call once.
   void AttachEngine(std::shared_ptr<core::Engine> engine);
   // grpc.health.v1 status of the server as a whole ("" service).
   void SetServing(bool serving);

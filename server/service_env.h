@@ -24,6 +24,7 @@
 #include "server/grpc_status.h"
 #include "server/logging.h"
 #include "server/metrics.h"
+#include "server/state_store.h"
 #include "server/tenants.h"
 #include "server/work_pool.h"
 
@@ -75,6 +76,7 @@ struct ServiceEnv {
   // tenant that needs no token).
   std::unique_ptr<TenantRegistry> tenants;
   std::unique_ptr<AuditLog> audit;  // --audit_log; null = none
+  std::unique_ptr<StateStore> state;  // --state_dir; null = nothing survives a restart
   std::vector<PathAlias> path_aliases;  // server paths callers must not see
 
   grpc::Status ToGrpc(const absl::Status& status) const { return ToGrpcStatus(status, path_aliases); }

@@ -269,6 +269,7 @@ class EngineImpl : public Engine {
           if (!adapter.ok()) return (*cb)(adapter.status());
           absl::StatusOr<bool> merged = lora_->Merge(*adapter);
           if (merged.ok()) (void)registry_->SetPinned(name, true);
+          PublishMerged();
           (*cb)(merged);
         })) {
       (*cb)(ShuttingDown());
@@ -283,10 +284,16 @@ class EngineImpl : public Engine {
           }
           absl::Status s = lora_->Unmerge(name);
           if (s.ok()) (void)registry_->SetPinned(name, false);
+          PublishMerged();
           (*cb)(s);
         })) {
       (*cb)(ShuttingDown());
     }
+  }
+
+  std::vector<std::string> MergedAdapters() const override {
+    absl::MutexLock lock(&merged_mu_);
+    return merged_names_;
   }
 
   void UnloadAll(std::function<void(absl::Status)> done) override {
@@ -294,6 +301,7 @@ class EngineImpl : public Engine {
     if (!PostTask([this, cb] {
           lora_->UnmergeAll();
           registry_->Clear();
+          PublishMerged();
           (*cb)(absl::OkStatus());
         })) {
       (*cb)(ShuttingDown());
@@ -381,6 +389,13 @@ class EngineImpl : public Engine {
   }
 
  private:
+  // Engine thread, after every change of the merge state.
+  void PublishMerged() {
+    std::vector<std::string> names = lora_->MergedNames();
+    absl::MutexLock lock(&merged_mu_);
+    merged_names_ = std::move(names);
+  }
+
   // Queues `task` for the engine thread between two steps. After the engine loop has ended the
   // task cannot run: returns false (the caller answers Unavailable).
   bool PostTask(std::function<void()> task) {
@@ -522,6 +537,9 @@ class EngineImpl : public Engine {
   absl::Status chat_status_;
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<AdapterRegistry> registry_;
+  // lora_->MergedNames() for other threads (MergedAdapters); written by PublishMerged.
+  mutable absl::Mutex merged_mu_;
+  std::vector<std::string> merged_names_ ABSL_GUARDED_BY(merged_mu_);
   std::unique_ptr<Executor> executor_;    // owns the KV cache; engine thread
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Worker> worker_;  // created in Init, stopped (never reset) by Shutdown

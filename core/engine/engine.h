@@ -161,6 +161,10 @@ class Engine {
   // InvalidArgument (non-finite merge) otherwise.
   virtual void MergeAdapter(const std::string& name, std::function<void(absl::StatusOr<bool>)> done) = 0;
   virtual void UnmergeAdapter(const std::string& name, std::function<void(absl::Status)> done) = 0;
+  // The merged adapters in the order they were merged (the served weights are the checkpoint's
+  // plus their deltas composed in this order, so merging them again in it gives the same weights
+  // bit for bit). Updated before a merge's or unmerge's `done` runs. Thread-safe.
+  virtual std::vector<std::string> MergedAdapters() const = 0;
   // Unmerges everything and deletes every adapter (the checkpoint's weights, bit for bit).
   virtual void UnloadAll(std::function<void(absl::Status)> done) = 0;
   virtual void CombineAdapters(const std::string& name, const std::vector<std::string>& sources,

@@ -4,8 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -47,7 +51,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
 }
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     return absl::InvalidArgumentError(
@@ -78,7 +83,40 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
     return absl::InvalidArgumentError(
         absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(err)));
   }
+  const size_t slash = path.rfind('/');
+  return SyncDirectory(slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash));
+}
+
+namespace {
+
+absl::Status SyncPath(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("fsync of ", path, " failed: ", std::strerror(err)));
+  }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status SyncDirectory(const std::string& dir) { return SyncPath(dir, /*directory=*/true); }
+
+absl::Status SyncTree(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const bool is_dir = it->is_directory(ec);
+    if (!is_dir && !it->is_regular_file(ec)) continue;
+    if (absl::Status s = SyncPath(it->path().string(), is_dir); !s.ok()) return s;
+  }
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot list ", dir, ": ", ec.message()));
+  return SyncDirectory(dir);
 }
 
 std::string JoinPath(absl::string_view a, absl::string_view b) {

@@ -15,9 +15,15 @@ namespace loraserve::core {
 // larger than `max_bytes`.
 absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes = 1ull << 30);
 
-// Writes `contents` to `path` atomically: a temporary file in the same directory, fsync, rename.
-// A reader never sees a partial file; on failure the previous file (if any) is untouched.
+// Writes `contents` to `path` atomically and durably: a temporary file in the same directory,
+// fsync, rename, fsync of the directory. A reader never sees a partial file, and once this returns
+// OK the new file survives a crash; on failure the previous file (if any) is untouched.
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents);
+
+// fsync of one directory (its entries: files created, renamed or removed in it).
+absl::Status SyncDirectory(const std::string& dir);
+// fsync of every regular file and directory under `dir`, and of `dir` itself.
+absl::Status SyncTree(const std::string& dir);
 
 // `a/b` with exactly one separator.
 std::string JoinPath(absl::string_view a, absl::string_view b);

@@ -58,8 +58,9 @@ def check_overlay(name, objs, known_flags, gpu):
     check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False,
           f"{name}: root filesystem writable or privilege escalation allowed")
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    for path in ("/tmp", "/var/lib/loraserve/uploads", "/var/lib/loraserve/adapters"):
+    for path in ("/tmp", "/var/lib/loraserve/uploads", "/var/lib/loraserve/adapters", "/var/lib/loraserve/state"):
         check(path in mounts, f"{name}: {path} is not a volume (the root filesystem is read-only)")
+    check("--state_dir=/var/lib/loraserve/state" in flags, f"{name}: --state_dir is not the state volume")
     hpa = objs[("HorizontalPodAutoscaler", "loraserve")]
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
     rules = objs[("ConfigMap", "loraserve-prometheus-adapter-rules")]["data"]["config.yaml"]

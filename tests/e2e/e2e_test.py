@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import traceback
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
-from loraserve_process import LoraserveProcess  # noqa: E402 (tests/testing/)
+from loraserve_process import LoraserveProcess, generate_stubs  # noqa: E402 (tests/testing/)
 
 SKIP = 77
 RTOL = 1e-4
@@ -291,13 +290,7 @@ def main():
     import grpc  # Debian python3-grpcio
 
     with tempfile.TemporaryDirectory(prefix="loraserve-e2e-") as work:
-        gen = os.path.join(work, "gen")
-        os.makedirs(gen)
-        protos = ["loraserve/v1/files.proto", "loraserve/v1/adapter_service.proto",
-                  "loraserve/v1/inference_service.proto"]
-        subprocess.run(["protoc", "-I", args.proto_dir, "--python_out=" + gen, "--grpc_out=" + gen,
-                        "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin"] + protos, check=True)
-        sys.path.insert(0, gen)
+        generate_stubs(args.proto_dir, work)
         from loraserve.v1 import adapter_service_pb2, adapter_service_pb2_grpc
         from loraserve.v1 import inference_service_pb2, inference_service_pb2_grpc, files_pb2
 

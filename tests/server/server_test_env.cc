@@ -149,6 +149,16 @@ std::vector<std::string> LogCapture::Matching(const std::vector<std::string>& ne
 std::string ModelDir() { return SharedPath("fixtures/models/stories260K"); }
 std::string PeftRoot() { return SharedPath("fixtures/peft"); }
 
+absl::StatusOr<std::vector<float>> ScoreLogits(Client& client, const std::string& adapter) {
+  ScoreRequest r;
+  r.adapter = adapter;
+  r.token_ids = {1, 403, 407, 261, 378};
+  r.full_logits = true;
+  absl::StatusOr<ScoreResult> s = client.Score(r);
+  if (!s.ok()) return s.status();
+  return s->logits;
+}
+
 TestServerOptions TestServer::DefaultOptions() {
   TestServerOptions o;
   o.engine.model_dir = ModelDir();

@@ -56,6 +56,7 @@ class GatedEngine : public core::Engine {
   std::string Detokenize(const std::vector<int32_t>& ids, bool skip_special_tokens) const override {
     return inner_->Detokenize(ids, skip_special_tokens);
   }
+  std::vector<std::string> MergedAdapters() const override { return inner_->MergedAdapters(); }
   int64_t vocab_size() const override { return inner_->vocab_size(); }
   int64_t max_context() const override { return inner_->max_context(); }
   std::string model_name() const override { return inner_->model_name(); }
@@ -194,6 +195,9 @@ std::optional<double> FindMetric(const std::string& text, const std::string& nam
 // The stories260K model directory and the PEFT fixture root in ../shared.
 std::string ModelDir();
 std::string PeftRoot();
+
+// Full Score logits of "Once upon a time" (ids 1 403 407 261 378) through `adapter` ("" = base).
+absl::StatusOr<std::vector<float>> ScoreLogits(Client& client, const std::string& adapter);
 
 // Prompt token ids of a PEFT fixture case (expected.json "prompts"), e.g. "qv_r4".
 std::vector<std::vector<int32_t>> FixturePrompts(const std::string& peft_case);

@@ -257,13 +257,7 @@ class TenantServerTest : public ::testing::Test {
   }
   // Logits of "Once upon a time" through `adapter`, as `client` sees it.
   absl::StatusOr<std::vector<float>> Logits(Client& client, const std::string& adapter) {
-    ScoreRequest r;
-    r.adapter = adapter;
-    r.token_ids = {1, 403, 407, 261, 378};
-    r.full_logits = true;
-    absl::StatusOr<ScoreResult> s = client.Score(r);
-    if (!s.ok()) return s.status();
-    return s->logits;
+    return testing::ScoreLogits(client, adapter);
   }
   std::vector<std::string> Names(Client& client) {
     std::vector<std::string> out;

@@ -3,7 +3,19 @@
 import os
 import signal
 import subprocess
+import sys
 import time
+
+
+def generate_stubs(proto_dir, work):
+    """protoc + Debian's grpc_python_plugin: loraserve.v1 Python stubs under <work>/gen, importable."""
+    gen = os.path.join(work, "gen")
+    os.makedirs(gen, exist_ok=True)
+    protos = ["loraserve/v1/files.proto", "loraserve/v1/adapter_service.proto",
+              "loraserve/v1/inference_service.proto"]
+    subprocess.run(["protoc", "-I", proto_dir, "--python_out=" + gen, "--grpc_out=" + gen,
+                    "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin"] + protos, check=True)
+    sys.path.insert(0, gen)
 
 
 class LoraserveProcess:
