@@ -16,7 +16,7 @@ export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := true
 export CCACHE_SLOPPINESS := include_file_mtime,include_file_ctime,time_macros
 
-.PHONY: all deps configure build test demo bench clean build-cuda test-cuda
+.PHONY: all deps configure build test demo bench clean build-cuda test-cuda build-asan test-asan build-tsan test-tsan build-fuzz fuzz
 
 all: build
 
@@ -47,6 +47,45 @@ build-cuda: deps
 
 test-cuda: build-cuda
 	cd $(CUDA_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+# Sanitizers (README "CI stages"): the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer,
+# and the concurrency tests (in-process servers, clients on many threads, the scheduler and the
+# engine) under ThreadSanitizer. Any report fails the test that produced it.
+ASAN_BUILD_DIR ?= build-asan
+TSAN_BUILD_DIR ?= build-tsan
+TSAN_TESTS ?= ^(AdapterService|InferenceService|ClientThreads|ClientRetry|TenantServer|TenantLimiter|StateServer|ServerLifecycle|HttpEndpoint|Health|Scheduler|Engine|SmallQueue|SmallAdapterBudget|RawUpload|RootedServer|Tls)Test\.
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+build-asan: deps
+	@cmake -S . -B $(ASAN_BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLORASERVE_ASAN=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(ASAN_BUILD_DIR) -j$(JOBS)
+
+test-asan: build-asan
+	cd $(ASAN_BUILD_DIR) && $(ASAN_ENV) ctest --output-on-failure -j$(JOBS)
+
+build-tsan: deps
+	@cmake -S . -B $(TSAN_BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLORASERVE_TSAN=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(TSAN_BUILD_DIR) -j$(JOBS)
+
+test-tsan: build-tsan
+	cd $(TSAN_BUILD_DIR) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --output-on-failure -j$(JOBS) -R '$(TSAN_TESTS)'
+
+# libFuzzer (clang, ASan + UBSan): builds only the fuzz targets and runs each for FUZZ_SECONDS on a
+# scratch corpus seeded from tests/fuzz/corpus/ (README "Fuzzing"); a crash fails the run and
+# leaves its input in $(FUZZ_BUILD_DIR)/tests/fuzz/<target>.work/crashes/.
+FUZZ_BUILD_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 30
+
+build-fuzz:
+	@bash deploy/install-deps.sh --fuzz
+	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLORASERVE_FUZZ=ON \
+	  -DLORASERVE_BUILD_BENCH=OFF -DLORASERVE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(FUZZ_BUILD_DIR) -j$(JOBS) --target fuzzers
+
+fuzz: build-fuzz
+	cd $(FUZZ_BUILD_DIR) && ctest --output-on-failure -j$(JOBS) -R '_fuzz_(corpus|run)$$'
 
 bench: build
 	@echo "benchmarks are in $(BUILD_DIR)/bench/ (run each binary; see README)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every Debian package loraserve's build, tests and demo need.
-# Idempotent and fast when everything is present: dpkg is checked first and apt runs only for
+# (--fuzz: also clang and libFuzzer.) Idempotent and fast when everything is present: dpkg is checked first and apt runs only for
 # what is missing. The Dockerfile, the Makefile and CI all call this one script.
 set -euo pipefail
 
@@ -14,6 +14,10 @@ PACKAGES=(
   python3-grpcio python3-protobuf python3-numpy
   curl openssl
 )
+# `install-deps.sh --fuzz`: clang and libFuzzer as well (make fuzz).
+if [ "${1:-}" = "--fuzz" ]; then
+  PACKAGES+=(clang libclang-rt-14-dev)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -22,18 +22,6 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(d);
 }
 
-absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
-                              int64_t vocab_size, absl::string_view field) {
-  for (int i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i],
-                                                     " is outside the vocabulary [0, ", vocab_size,
-                                                     ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // Streams one generation. Engine callbacks append to `next_` and start a write when none is in
 // flight; tokens that arrive during a write are coalesced into the next message, so memory stays
 // bounded by the generation and a slow reader never stalls the engine.
@@ -127,13 +115,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     std::shared_ptr<core::Engine> engine = engine_;
     absl::Status valid = EnsureLoadedOnMiss(*env_, *engine, call_.tenant(), adapter_);
     if (!valid.ok()) return FinishEarly(valid);
-    auto sampling = SamplingFromProto(request.sampling());
+    auto sampling = ValidateGenerateRequest(request, engine->vocab_size());
     if (!sampling.ok()) return FinishEarly(sampling.status());
     const bool has_text = !request.text().empty();
-    const bool has_ids = request.token_ids_size() > 0;
-    if (has_text == has_ids) {
-      return FinishEarly(absl::InvalidArgumentError("exactly one of text and token_ids must be set"));
-    }
     core::GenerateRequest req;
     req.request_id = call_.request_id();
     req.adapter = adapter_;
@@ -143,8 +127,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       req.prompt_ids = engine->Tokenize(request.text(), /*add_special_tokens=*/true,
                                         /*parse_special=*/false);
     } else {
-      valid = ValidateTokenIds(request.token_ids(), engine->vocab_size(), "token_ids");
-      if (!valid.ok()) return FinishEarly(valid);
       req.prompt_ids.assign(request.token_ids().begin(), request.token_ids().end());
     }
     logprobs_ = sampling->logprobs;
@@ -286,15 +268,6 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   std::shared_ptr<core::RequestHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 
-// Upper bound of a ScoreResponse's encoded size for `n` tokens (proto varint and tag overheads
-// rounded up).
-int64_t ScoreReplyBytes(int64_t n, int64_t vocab, bool full_logits, int64_t top) {
-  int64_t bytes = 64 + 4 * n;                     // header fields, token_logprobs
-  if (full_logits) bytes += 4 * n * vocab + 16;   // packed float32 logits
-  bytes += n * (4 + top * 16);                    // top_logprobs entries
-  return bytes;
-}
-
 }  // namespace
 
 grpc::ServerWriteReactor<pb::GenerateResponse>* InferenceService::Generate(
@@ -309,27 +282,9 @@ void RunScore(UnaryCall* c, std::shared_ptr<core::Engine> engine, const pb::Scor
               pb::ScoreResponse* response, const std::string& adapter) {
   absl::Status valid = EnsureLoadedOnMiss(*c->env, *engine, c->call.tenant(), adapter);
   const int64_t n = request->token_ids_size();
-  if (valid.ok() && n == 0) valid = absl::InvalidArgumentError("token_ids is empty");
-  if (valid.ok() && n > engine->max_context()) {
-    valid = absl::InvalidArgumentError(absl::StrCat("token_ids has ", n, " tokens, the model's context is ",
-                                                    engine->max_context()));
-  }
-  if (valid.ok() && (request->top_logprobs() < 0 || request->top_logprobs() > core::kMaxTopLogprobs)) {
-    valid = absl::InvalidArgumentError(
-        absl::StrCat("top_logprobs must be in [0, ", core::kMaxTopLogprobs, "]"));
-  }
-  if (valid.ok()) valid = ValidateTokenIds(request->token_ids(), engine->vocab_size(), "token_ids");
-  const int64_t max_message_bytes = c->env->config.max_message_bytes;
   if (valid.ok()) {
-    const int64_t bytes = ScoreReplyBytes(n, engine->vocab_size(), request->full_logits(),
-                                          request->top_logprobs());
-    if (bytes > max_message_bytes) {
-      valid = absl::InvalidArgumentError(absl::StrCat(
-          "the reply (about ", bytes, " bytes for ", n, " tokens",
-          request->full_logits() ? absl::StrCat(" x ", engine->vocab_size(), " float32 logits") : "",
-          ") would exceed the server's max message size of ", max_message_bytes,
-          " bytes; ask for top_logprobs instead of full_logits, or score fewer tokens"));
-    }
+    valid = ValidateScoreRequest(*request, engine->vocab_size(), engine->max_context(),
+                                 c->env->config.max_message_bytes);
   }
   if (!valid.ok()) return c->Finish(valid);
   core::ScoreRequest req;

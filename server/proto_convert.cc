@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/status_macros.h"
 
 namespace loraserve::server {
 namespace {
@@ -128,6 +129,61 @@ absl::StatusOr<core::SamplingOptions> SamplingFromProto(const pb::SamplingOption
   absl::Status s = core::ValidateSamplingOptions(o);
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message()));
   return o;
+}
+
+absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, int64_t vocab_size,
+                              absl::string_view field) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i],
+                                                     " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<core::SamplingOptions> ValidateGenerateRequest(const pb::GenerateRequest& request, int64_t vocab_size) {
+  LORASERVE_ASSIGN_OR_RETURN(core::SamplingOptions sampling, SamplingFromProto(request.sampling()));
+  if (request.text().empty() == (request.token_ids_size() == 0)) {
+    return absl::InvalidArgumentError("exactly one of text and token_ids must be set");
+  }
+  LORASERVE_RETURN_IF_ERROR(ValidateTokenIds(request.token_ids(), vocab_size, "token_ids"));
+  return sampling;
+}
+
+namespace {
+
+// Upper bound of a ScoreResponse's encoded size for `n` tokens (proto varint and tag overheads
+// rounded up).
+int64_t ScoreReplyBytes(int64_t n, int64_t vocab, bool full_logits, int64_t top) {
+  int64_t bytes = 64 + 4 * n;                    // header fields, token_logprobs
+  if (full_logits) bytes += 4 * n * vocab + 16;  // packed float32 logits
+  bytes += n * (4 + top * 16);                   // top_logprobs entries
+  return bytes;
+}
+
+}  // namespace
+
+absl::Status ValidateScoreRequest(const pb::ScoreRequest& request, int64_t vocab_size, int64_t max_context,
+                                  int64_t max_message_bytes) {
+  const int64_t n = request.token_ids_size();
+  if (n == 0) return absl::InvalidArgumentError("token_ids is empty");
+  if (n > max_context) {
+    return absl::InvalidArgumentError(absl::StrCat("token_ids has ", n, " tokens, the model's context is ", max_context));
+  }
+  if (request.top_logprobs() < 0 || request.top_logprobs() > core::kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [0, ", core::kMaxTopLogprobs, "]"));
+  }
+  LORASERVE_RETURN_IF_ERROR(ValidateTokenIds(request.token_ids(), vocab_size, "token_ids"));
+  const int64_t bytes = ScoreReplyBytes(n, vocab_size, request.full_logits(), request.top_logprobs());
+  if (bytes > max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the reply (about ", bytes, " bytes for ", n, " tokens",
+        request.full_logits() ? absl::StrCat(" x ", vocab_size, " float32 logits") : "",
+        ") would exceed the server's max message size of ", max_message_bytes,
+        " bytes; ask for top_logprobs instead of full_logits, or score fewer tokens"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<core::CombineOptions> CombineOptionsFromProto(const pb::CombineAdaptersRequest& r) {

@@ -37,6 +37,17 @@ pb::Adapter LoadingAdapterToProto(const std::string& name);
 // core::ValidateSamplingOptions. InvalidArgument naming the field otherwise.
 absl::StatusOr<core::SamplingOptions> SamplingFromProto(const pb::SamplingOptions& options);
 
+// InvalidArgument naming `field` and the index when an id is outside [0, vocab_size).
+absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids, int64_t vocab_size,
+                              absl::string_view field);
+// Generate's checks that need no engine call: the sampling options (SamplingFromProto), exactly one
+// of text and token_ids, token ids inside the vocabulary.
+absl::StatusOr<core::SamplingOptions> ValidateGenerateRequest(const pb::GenerateRequest& request, int64_t vocab_size);
+// Score's: token ids present, within the context and the vocabulary, top_logprobs in range, and a
+// reply that fits `max_message_bytes`.
+absl::Status ValidateScoreRequest(const pb::ScoreRequest& request, int64_t vocab_size, int64_t max_context,
+                                  int64_t max_message_bytes);
+
 // InvalidArgument for an unknown combination type or sign method, weights that are not finite,
 // density outside (0, 1], svd_clamp outside [0, 1), negative svd_rank, no sources or more than 16.
 absl::StatusOr<core::CombineOptions> CombineOptionsFromProto(const pb::CombineAdaptersRequest& request);

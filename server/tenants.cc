@@ -30,7 +30,8 @@ absl::Status Bad(absl::string_view source, absl::string_view where, absl::string
 
 absl::Status OnlyKeys(const Json& obj, std::initializer_list<const char*> keys, absl::string_view source,
                       absl::string_view where) {
-  for (const auto& [key, value] : obj.items()) {
+  for (const auto& item : obj.items()) {
+    const std::string& key = item.key();
     if (std::none_of(keys.begin(), keys.end(), [&](const char* k) { return key == k; })) {
       return Bad(source, where,
                  absl::StrCat("unknown key \"", key, "\" (known: ", absl::StrJoin(keys, ", "), ")"));
