@@ -1,5 +1,7 @@
 #include "core/io/json_file.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "core/base/status_macros.h"
@@ -47,7 +49,10 @@ absl::StatusOr<int64_t> JsonInt(const Json& obj, absl::string_view key, int64_t 
   if (f->is_number_integer()) return f->get<int64_t>();
   if (f->is_number_float()) {
     const double d = f->get<double>();
-    if (d == static_cast<double>(static_cast<int64_t>(d))) return static_cast<int64_t>(d);
+    // Only whole values inside int64's range convert (a cast of any other double is undefined).
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == std::trunc(d)) {
+      return static_cast<int64_t>(d);
+    }
   }
   return WrongType(source, key, "an integer", *f);
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -263,10 +264,22 @@ class Renderer {
     if (ints) {
       const int64_t i = a.get<int64_t>(), j = b.get<int64_t>();
       if ((op == "//" || op == "%") && j == 0) return Bad("division by zero");
-      if (op == "+") return Json(i + j);
-      if (op == "-") return Json(i - j);
-      if (op == "*") return Json(i * j);
-      const int64_t q = static_cast<int64_t>(std::floor(static_cast<double>(i) / j));
+      int64_t r = 0;
+      if (op == "+") {
+        if (__builtin_add_overflow(i, j, &r)) return Bad("integer overflow");
+        return Json(r);
+      }
+      if (op == "-") {
+        if (__builtin_sub_overflow(i, j, &r)) return Bad("integer overflow");
+        return Json(r);
+      }
+      if (op == "*") {
+        if (__builtin_mul_overflow(i, j, &r)) return Bad("integer overflow");
+        return Json(r);
+      }
+      if (i == std::numeric_limits<int64_t>::min() && j == -1) return Bad("integer overflow");
+      int64_t q = i / j;  // floor division, as Python's
+      if (i % j != 0 && ((i < 0) != (j < 0))) --q;
       if (op == "//") return Json(q);
       if (op == "%") return Json(i - q * j);
     }
@@ -391,7 +404,7 @@ class Renderer {
       return Json(ToJson(v, indent));
     }
     if (f == "string") return Json(Str(v));
-    if (f == "int") { if (v.is_number()) return Json(static_cast<int64_t>(v.get<double>())); try { return Json(std::stoll(Str(v))); } catch (...) { return Json(0); } }
+    if (f == "int") { if (v.is_number_integer()) return v; if (v.is_number()) { const double d = std::trunc(v.get<double>()); return Json(d >= -9223372036854775808.0 && d < 9223372036854775808.0 ? static_cast<int64_t>(d) : 0); } try { return Json(std::stoll(Str(v))); } catch (...) { return Json(0); } }
     if (f == "float") { if (v.is_number()) return Json(v.get<double>()); try { return Json(std::stod(Str(v))); } catch (...) { return Json(0.0); } }
     if (f == "first" || f == "last") {
       if (v.is_array()) return v.empty() ? Undefined() : (f == "first" ? v.front() : v.back());

@@ -29,6 +29,16 @@ TEST(JsonFileTest, ReadsObjectsAndTypedFields) {
   EXPECT_THAT(JsonBool(j, "r", false, path), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// Found by config_fuzz (UBSan: a double outside int64's range was cast to int64).
+TEST(JsonFileTest, FloatsOutsideTheIntegerRangeAreRefusedNotCast) {
+  ASSERT_OK_AND_ASSIGN(Json j, ParseJson(R"({"a": 2.2e102, "b": -1e300, "c": 9.3e18, "d": 2.5, "e": -4.0})", "t"));
+  for (const char* key : {"a", "b", "c", "d"}) {
+    EXPECT_THAT(JsonInt(j, key, 0, "t"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("an integer")))
+        << key;
+  }
+  EXPECT_EQ(*JsonInt(j, "e", 0, "t"), -4);
+}
+
 TEST(JsonFileTest, BadFilesGiveClearErrors) {
   const std::string dir = testing::MakeTempDir();
   EXPECT_THAT(ReadJsonFile(dir + "/missing.json"), StatusIs(absl::StatusCode::kNotFound));

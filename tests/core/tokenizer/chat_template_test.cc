@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "core/io/file_util.h"
 #include "core/io/json_file.h"
 #include "tests/testing/fixtures.h"
@@ -59,6 +61,17 @@ TEST(ChatTemplateTest, ErrorsNameTheProblem) {
   EXPECT_THAT(ChatTemplate::Parse("{{ a +* }}"), StatusIs(absl::StatusCode::kInvalidArgument));
   ASSERT_OK_AND_ASSIGN(ChatTemplate t, ChatTemplate::Parse("{{ x | frobnicate }}"));
   EXPECT_THAT(t.Render(Json::object()), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("frobnicate")));
+}
+
+TEST(ChatTemplateTest, IntegerOverflowIsAnErrorNotUndefinedBehaviour) {
+  for (const char* expr : {"9223372036854775807 + 1", "(0 - 9223372036854775807) - 2", "4611686018427387904 * 2",
+                           "(0 - 9223372036854775807 - 1) // (0 - 1)"}) {
+    ASSERT_OK_AND_ASSIGN(ChatTemplate t, ChatTemplate::Parse(absl::StrCat("{{ ", expr, " }}")));
+    EXPECT_THAT(t.Render(Json::object()), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflow")))
+        << expr;
+  }
+  ASSERT_OK_AND_ASSIGN(ChatTemplate floor, ChatTemplate::Parse("{{ (0 - 7) // 2 }} {{ (0 - 7) % 2 }} {{ big | int }}"));
+  EXPECT_THAT(floor.Render(Json{{"big", 1e300}}), ::loraserve::testing::IsOkAndHolds(std::string("-4 1 0")));
 }
 
 TEST(ChatTemplateTest, MutatedTemplatesFailCleanly) {
