@@ -69,7 +69,8 @@ def main():
     for binary in sys.argv[2:]:
         for line in subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout.splitlines():
             m = re.search(r"=> (/\S+)", line)
-            if m:
+            # Sanitizer runtimes (make test-asan / test-tsan builds) never ship in an image.
+            if m and not re.search(r"/lib(asan|ubsan|tsan|lsan)\.so", m.group(1)):
                 libs.add(m.group(1))
     owners = file_owners()
     for lib in sorted(libs):
