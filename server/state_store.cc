@@ -93,6 +93,14 @@ Json AdapterToJson(const AdapterRecord& r) {
   return j;
 }
 
+// Writes `record` in its envelope (format, record, SHA-256 of the record's JSON), durably.
+absl::Status WriteRecord(const std::string& path, const char* format, const Json& record) {
+  const Json doc = {{"format", format}, {"record", record}, {"sha256", Digest(record.dump())}};
+  absl::Status s = core::WriteFileAtomically(path, doc.dump(1) + "\n");
+  if (!s.ok()) return absl::InternalError(absl::StrCat("cannot write the state record: ", s.message()));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& dir) {
@@ -179,21 +187,11 @@ StateStore::Contents StateStore::Load() {
   return out;
 }
 
-absl::Status StateStore::WriteRecord(const std::string& path, const std::string& format,
-                                     const std::string& record_json) {
-  const Json record = Json::parse(record_json, nullptr, /*allow_exceptions=*/false);
-  if (record.is_discarded()) return absl::InternalError("the state record is not JSON");
-  const Json doc = {{"format", format}, {"record", record}, {"sha256", Digest(record.dump())}};
-  absl::Status s = core::WriteFileAtomically(path, doc.dump(1) + "\n");
-  if (!s.ok()) return absl::InternalError(absl::StrCat("cannot write the state record: ", s.message()));
-  return absl::OkStatus();
-}
-
 absl::Status StateStore::Put(const AdapterRecord& record) {
   AdapterRecord r = record;
   if (r.created.empty()) r.created = absl::FormatTime(absl::RFC3339_sec, absl::Now(), absl::UTCTimeZone());
   return WriteRecord(core::JoinPath(core::JoinPath(dir_, "adapters"), RecordFileName(r.name)), kAdapterFormat,
-                     AdapterToJson(r).dump());
+                     AdapterToJson(r));
 }
 
 absl::Status StateStore::Remove(const std::string& name) {
@@ -208,7 +206,7 @@ absl::Status StateStore::Remove(const std::string& name) {
 }
 
 absl::Status StateStore::PutMerged(const std::vector<std::string>& merged) {
-  return WriteRecord(core::JoinPath(dir_, "merged.json"), kMergedFormat, Json{{"merged", merged}}.dump());
+  return WriteRecord(core::JoinPath(dir_, "merged.json"), kMergedFormat, Json{{"merged", merged}});
 }
 
 std::vector<std::string> StateStore::RemoveUnreferencedFiles(const std::set<std::string>& referenced) {

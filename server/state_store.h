@@ -81,7 +81,6 @@ class StateStore {
 
  private:
   explicit StateStore(std::string dir) : dir_(std::move(dir)) {}
-  absl::Status WriteRecord(const std::string& path, const std::string& format, const std::string& record_json);
   void Quarantine(const std::string& path);
 
   const std::string dir_;

@@ -28,7 +28,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
-from loraserve_process import LoraserveProcess, generate_stubs  # noqa: E402 (tests/testing/)
+from loraserve_process import LoraserveProcess, generate_stubs, upload_requests  # noqa: E402 (tests/testing/)
 
 NAMES = ["a0", "a1", "a2", "a3", "a4"]
 TOKENS = [1, 403, 407, 261, 378, 300, 42, 7]
@@ -101,19 +101,6 @@ class Crash:
 
     # ---------------------------------------------------------------- operations
 
-    def upload_requests(self, name, source):
-        files = self.files[source]
-        yield self.pb.UploadAdapterRequest(name=name, total_bytes=sum(len(d) for d in files.values()))
-        for path, data in sorted(files.items()):
-            for off in range(0, len(data), 16384):
-                part = data[off:off + 16384]
-                eof = off + 16384 >= len(data)
-                chunk = self.files_pb.FileChunk(path=path, offset=off, data=part, eof=eof)
-                if eof:
-                    chunk.size = len(data)
-                    chunk.sha256 = hashlib.sha256(data).hexdigest()
-                yield self.pb.UploadAdapterRequest(chunk=chunk)
-
     def pick_op(self):
         absent = [n for n in NAMES if n not in self.model]
         present = sorted(self.model)
@@ -145,7 +132,8 @@ class Crash:
         if op == "load":
             return self.adapters.LoadAdapter.future(pb.LoadAdapterRequest(name=a["name"], path=a["source"]), timeout=30)
         if op == "upload":
-            return self.adapters.UploadAdapter.future(self.upload_requests(a["name"], a["source"]), timeout=30)
+            return self.adapters.UploadAdapter.future(
+                upload_requests(self.pb, self.files_pb, a["name"], self.files[a["source"]], 16384), timeout=30)
         if op == "combine":
             req = pb.CombineAdaptersRequest(name=a["name"], combination_type=pb.COMBINATION_TYPE_LINEAR)
             for n, w in zip(a["sources"], a["weights"]):

@@ -29,7 +29,7 @@ import traceback
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
-from loraserve_process import LoraserveProcess, generate_stubs  # noqa: E402 (tests/testing/)
+from loraserve_process import LoraserveProcess, generate_stubs, upload_requests  # noqa: E402 (tests/testing/)
 
 SKIP = 77
 RTOL = 1e-4
@@ -235,20 +235,8 @@ class E2E:
         if sorted(files) != ["adapter_config.json", "adapter_model.safetensors"]:
             raise Failure(f"SaveAdapter files: {sorted(files)}")
 
-        def upload():
-            total = sum(len(d) for d in files.values())
-            yield self.pb.UploadAdapterRequest(name="qv_r4_uploaded", total_bytes=total)
-            for path, data in sorted(files.items()):
-                for off in range(0, max(len(data), 1), 4096):
-                    part = data[off:off + 4096]
-                    eof = off + 4096 >= len(data)
-                    chunk = self.files_pb.FileChunk(path=path, offset=off, data=part, eof=eof)
-                    if eof:
-                        chunk.size = len(data)
-                        chunk.sha256 = hashlib.sha256(data).hexdigest()
-                    yield self.pb.UploadAdapterRequest(chunk=chunk)
-
-        info = self.adapters.UploadAdapter(upload(), timeout=60).adapter
+        info = self.adapters.UploadAdapter(
+            upload_requests(self.pb, self.files_pb, "qv_r4_uploaded", files, 4096), timeout=60).adapter
         if info.source != self.pb.ADAPTER_SOURCE_UPLOAD:
             raise Failure(f"UploadAdapter: source is {info.source}")
         self.expect("uploaded copy of qv_r4", "qv_r4_uploaded", self.fixture("qv_r4"), "logits.adapter")

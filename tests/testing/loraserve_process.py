@@ -1,5 +1,6 @@
 """The real `loraserve` binary as a child process, for the Python end-to-end tests."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,20 @@ def generate_stubs(proto_dir, work):
     subprocess.run(["protoc", "-I", proto_dir, "--python_out=" + gen, "--grpc_out=" + gen,
                     "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin"] + protos, check=True)
     sys.path.insert(0, gen)
+
+
+def upload_requests(pb, files_pb, name, files, chunk_bytes):
+    """UploadAdapter's request stream for `files` ({path: bytes}): the name and total size, then
+    each file in chunks of `chunk_bytes`, its last chunk with eof, size and SHA-256."""
+    yield pb.UploadAdapterRequest(name=name, total_bytes=sum(len(d) for d in files.values()))
+    for path, data in sorted(files.items()):
+        for off in range(0, max(len(data), 1), chunk_bytes):
+            eof = off + chunk_bytes >= len(data)
+            chunk = files_pb.FileChunk(path=path, offset=off, data=data[off:off + chunk_bytes], eof=eof)
+            if eof:
+                chunk.size = len(data)
+                chunk.sha256 = hashlib.sha256(data).hexdigest()
+            yield pb.UploadAdapterRequest(chunk=chunk)
 
 
 class LoraserveProcess:
