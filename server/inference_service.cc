@@ -48,7 +48,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       next = NextStepLocked();
     }
     if (cancel != nullptr) cancel->Cancel();
-    Take(next);
+    if (next != Step::kNone) Take(next);
   }
 
   void OnCancel() override {
@@ -140,6 +140,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
                                const core::RequestStats& stats) {
       OnEngineDone(std::move(r), stats);
     };
+    {
+      // Until the handle is recorded below, the call must not finish (this reactor must live).
+      absl::MutexLock lock(&mu_);
+      submitting_ = true;
+    }
     auto handle = engine->SubmitGenerate(std::move(req), std::move(callbacks));
     if (!handle.ok()) {
       if (handle.status().code() == absl::StatusCode::kResourceExhausted) {
@@ -148,12 +153,16 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       return FinishEarly(handle.status());
     }
     bool cancel_now;
+    Step next;
     {
       absl::MutexLock lock(&mu_);
       handle_ = *handle;
       cancel_now = cancelled_;
+      submitting_ = false;
+      next = NextStepLocked();  // the engine may have finished already: nobody else finishes it
     }
     if (cancel_now) (*handle)->Cancel();
+    if (next != Step::kNone) Take(next);
   }
 
   // Engine thread.
@@ -166,7 +175,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       has_next_ = true;
       next = NextStepLocked();
     }
-    Take(next);
+    if (next != Step::kNone) Take(next);
   }
 
   // Engine thread.
@@ -197,7 +206,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       }
       next = NextStepLocked();
     }
-    Take(next);
+    // With a write in flight (kNone) its completion may finish the call and delete the reactor
+    // at once: even a member call on `this` is then a use after free.
+    if (next != Step::kNone) Take(next);
   }
 
   // What to do next, decided under the same lock as the state change that prompted it, so exactly
@@ -212,7 +223,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       write_in_flight_ = true;
       return Step::kWrite;
     }
-    if (!engine_done_) return Step::kNone;
+    if (!engine_done_ || submitting_) return Step::kNone;
     finished_ = true;
     finish_status_ = final_status_;
     if (finish_status_.ok() && write_failed_) {
@@ -222,7 +233,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   }
 
   // Runs the step outside the lock. Must be the caller's last use of `this`: once a write is
-  // started or the call finished, another thread may finish it and delete the reactor.
+  // started or the call finished, another thread may finish it and delete the reactor. Callers
+  // skip kNone without calling it: outside a gRPC reaction the reactor may already be gone.
   void Take(Step step) {
     if (step == Step::kWrite) {
       StartWrite(&in_flight_);
@@ -257,6 +269,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
   bool engine_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool submitting_ ABSL_GUARDED_BY(mu_) = false;  // Run between SubmitGenerate and recording handle_
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool deadline_passed_ ABSL_GUARDED_BY(mu_) = false;
