@@ -54,6 +54,10 @@ test-cuda: build-cuda
 ASAN_BUILD_DIR ?= build-asan
 TSAN_BUILD_DIR ?= build-tsan
 TSAN_TESTS ?= ^(AdapterService|InferenceService|ClientThreads|ClientRetry|TenantServer|TenantLimiter|StateServer|ServerLifecycle|HttpEndpoint|Health|Scheduler|Engine|SmallQueue|SmallAdapterBudget|RawUpload|RootedServer|Tls)Test\.
+# The executables holding those tests: the TSan build compiles only these (and what they link).
+TSAN_TARGETS ?= adapter_service_test inference_service_test client_threads_test client_retry_test \
+  tenants_test state_test server_lifecycle_test http_endpoint_test health_test scheduler_test \
+  engine_test tls_test
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 
@@ -66,7 +70,7 @@ test-asan: build-asan
 
 build-tsan: deps
 	@cmake -S . -B $(TSAN_BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLORASERVE_TSAN=ON -DLORASERVE_BUILD_BENCH=OFF $(CMAKE_FLAGS) >/dev/null
-	@cmake --build $(TSAN_BUILD_DIR) -j$(JOBS)
+	@cmake --build $(TSAN_BUILD_DIR) -j$(JOBS) --target $(TSAN_TARGETS)
 
 test-tsan: build-tsan
 	cd $(TSAN_BUILD_DIR) && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \

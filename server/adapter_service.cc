@@ -23,6 +23,7 @@
 #include "core/engine/engine.h"
 #include "core/io/file_util.h"
 #include "server/durable_state.h"
+#include "server/grpc_handoff.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
 #include "transfer/file_transfer.h"
@@ -165,10 +166,12 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
       return;
     }
     engine_ = *std::move(engine);
+    GrpcHandoff(this);
     StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
+    GrpcReaction(this);
     if (!ok) {
       // End of the client's stream (or the call was cancelled).
       if (dir_.empty()) {
@@ -184,11 +187,15 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
         Fail(s);
         return;
       }
+      GrpcHandoff(this);
       StartRead(&request_);
     });
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    GrpcReaction(this);
+    delete this;
+  }
 
  private:
   // Pool thread (or the constructor before the first read).
@@ -245,7 +252,9 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
         transfer::RemoveTree(dir_);
         response_->set_already_loaded(true);
         *response_->mutable_adapter() = **std::move(same);
-        Finish(call_.Complete(absl::OkStatus()));
+        const grpc::Status out = call_.Complete(absl::OkStatus());
+        GrpcHandoff(this);  // after the last write to the call
+        Finish(out);
         return;
       }
       // The adapter was deleted while the files arrived: load them after all.
@@ -286,14 +295,18 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
                                    name_, response_->adapter().checksum(), info->bytes,
                                    writer_->total_bytes(),
                                    absl::ToDoubleMilliseconds(absl::Now() - start)));
-    Finish(call_.Complete(absl::OkStatus()));
+    const grpc::Status out = call_.Complete(absl::OkStatus());
+    GrpcHandoff(this);  // after the last write to the call
+    Finish(out);
   }
 
   void Fail(const absl::Status& status) {
     if (reserved_) env_->book.EndLoad(name_, std::nullopt);
     writer_.reset();
     transfer::RemoveTree(dir_);
-    Finish(call_.Complete(status));
+    const grpc::Status out = call_.Complete(status);
+    GrpcHandoff(this);  // after the last write to the call
+    Finish(out);
   }
 
   ServiceEnv* const env_;
@@ -336,14 +349,20 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
     });
   }
 
-  void FinishWith(const absl::Status& status) { this->Finish(call_.Complete(status)); }
+  void FinishWith(const absl::Status& status) {
+    const grpc::Status out = call_.Complete(status);
+    GrpcHandoff(this);  // after the last write to the call
+    this->Finish(out);
+  }
 
   void OnWriteDone(bool ok) override {
+    GrpcReaction(this);
     if (!ok) return FinishWith(absl::CancelledError("the caller stopped reading"));
     env_->pool->Post([this] { WriteNext(); });
   }
 
   void OnDone() override {
+    GrpcReaction(this);
     if (!dir_.empty()) {
       env_->pool->Post([dir = dir_] { transfer::RemoveTree(dir); });
     }
@@ -363,6 +382,7 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
     response_.set_total_bytes(first_sent_ ? 0 : reader_->total_bytes());
     first_sent_ = true;
     bytes_ += static_cast<int64_t>(response_.chunk().data().size());
+    GrpcHandoff(this);
     this->StartWrite(&response_);
   }
 

@@ -9,6 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/engine/engine.h"
+#include "server/grpc_handoff.h"
 #include "server/adapter_service.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
@@ -31,9 +32,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
                   const pb::GenerateRequest& request)
       : env_(env), context_(context), call_(env, context, "Generate") {
     Start(request);
+    GrpcHandoff(this);
   }
 
   void OnWriteDone(bool ok) override {
+    GrpcReaction(this);
     std::shared_ptr<core::RequestHandle> cancel;
     Step next;
     {
@@ -52,6 +55,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   }
 
   void OnCancel() override {
+    GrpcReaction(this);
     std::shared_ptr<core::RequestHandle> cancel;
     bool waiting;
     bool deadline_passed;
@@ -75,7 +79,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     if (cancel != nullptr) cancel->Cancel();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    GrpcReaction(this);
+    delete this;
+  }
 
  private:
   // Authenticates, resolves the adapter and takes one of the tenant's request slots (or waits
@@ -237,9 +244,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   // skip kNone without calling it: outside a gRPC reaction the reactor may already be gone.
   void Take(Step step) {
     if (step == Step::kWrite) {
+      GrpcHandoff(this);
       StartWrite(&in_flight_);
     } else if (step == Step::kFinish) {
-      Finish(call_.Complete(finish_status_));
+      const grpc::Status out = call_.Complete(finish_status_);
+      GrpcHandoff(this);  // after the last write to the call
+      Finish(out);
     }
   }
 
@@ -249,7 +259,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       absl::MutexLock lock(&mu_);
       finished_ = true;
     }
-    Finish(call_.Complete(status));
+    const grpc::Status out = call_.Complete(status);
+    GrpcHandoff(this);  // after the last write to the call
+    Finish(out);
   }
 
   ServiceEnv* const env_;

@@ -70,6 +70,10 @@ void AddGlobalFlags(CLI::App* root, GlobalFlags* flags) {
   AddFlag(root, "json", &flags->json,
           "one JSON document on stdout; errors as {\"error\": {...}} on stderr");
   AddFlag(root, "quiet", &flags->quiet, "nothing on stderr but errors (no progress, no summaries)");
+  AddFlag(root, "all", &flags->all,
+          "run the command on every replica: each address the --addr host resolves to (a "
+          "Kubernetes headless Service has one per ready pod), or each entry of an "
+          "ipv4:A:PORT,B:PORT list; management and health commands only");
   AddFlag(root, "progress", &flags->progress,
           "transfer progress bars even when stderr is no terminal (or with "
           "--json)");
@@ -144,9 +148,14 @@ int Context::Fail(const absl::Status& status) const {
                   {"code_number", static_cast<int>(status.code())},
                   {"message", std::string(status.message())},
                   {"request_id", rid.empty() ? Json(nullptr) : Json(rid)}};
-    std::fprintf(stderr, "%s\n", OneLineJson(Json{{"error", error}}).c_str());
+    if (capture_ != nullptr) {
+      (*capture_)["error"] = std::move(error);
+    } else {
+      std::fprintf(stderr, "%s\n", OneLineJson(Json{{"error", error}}).c_str());
+    }
   } else {
-    std::fprintf(stderr, "loractl: %s: %s: %s%s\n", command_.c_str(),
+    std::fprintf(stderr, "loractl: %s%s: %s: %s%s\n", command_.c_str(),
+                 replica_.empty() ? "" : absl::StrCat(" (", replica_, ")").c_str(),
                  absl::StatusCodeToString(status.code()).c_str(),
                  std::string(status.message()).c_str(),
                  rid.empty() ? "" : absl::StrCat(" (request id ", rid, ")").c_str());
@@ -163,6 +172,10 @@ int Context::Usage(const std::string& message) const {
 }
 
 void Context::Emit(const Json& doc) const {
+  if (capture_ != nullptr) {
+    (*capture_)["result"] = doc;
+    return;
+  }
   std::printf("%s\n", doc.dump(2, ' ', false, Json::error_handler_t::replace).c_str());
 }
 

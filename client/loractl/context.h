@@ -41,6 +41,7 @@ struct GlobalFlags {
   bool json = false;
   bool quiet = false;
   bool progress = false;
+  bool all = false;  // --all: the command on every replica --addr resolves to (replicas.h)
 };
 
 // Adds the global flags to the root app (its subcommands pass unknown flags up
@@ -84,10 +85,20 @@ class Context {
   // many or the server fails).
   std::map<int32_t, std::string> TokenTexts(const std::set<int32_t>& ids);
 
+  // --all: the replica this run talks to (named in human error messages) and,
+  // with --json, the replica's entry of the one document: Emit stores the
+  // result under "result" and Fail the error under "error" instead of printing.
+  void set_replica(std::string address, Json* capture) {
+    replica_ = std::move(address);
+    capture_ = capture;
+  }
+
  private:
   const std::string command_;
   const GlobalFlags& flags_;
   std::unique_ptr<loraserve::Client> client_;
+  std::string replica_;
+  Json* capture_ = nullptr;
 };
 
 // The text of `id` for a table, quoted; "" when `texts` lacks it.

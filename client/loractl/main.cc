@@ -13,6 +13,8 @@
 // JSON document on stderr. Exit code: 0 on success, the gRPC status code of the
 // failed call otherwise (health NOT_SERVING: 14), 64 for usage errors (bad
 // command line, unreadable --token_file / TLS files).
+#include <arpa/inet.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -25,6 +27,7 @@
 #include "client/loractl/commands.h"
 #include "client/loractl/context.h"
 #include "client/loractl/help.h"
+#include "client/loractl/replicas.h"
 
 namespace loraserve::loractl {
 namespace {
@@ -117,6 +120,68 @@ std::string ParseErrorMessage(const CLI::ParseError& e, const CLI::App* command,
   return e.what();
 }
 
+// Commands --all refuses: inference is routed to one replica, not broadcast, and these
+// read stdin or write local files that a second replica would read or overwrite again.
+bool RunsOnAll(const std::string& name) {
+  static const char* const kNotOnAll[] = {"generate", "score", "tokenize", "detokenize",
+                                          "adapters save", "adapters export", "metrics"};
+  for (const char* n : kNotOnAll) {
+    if (name == n) return false;
+  }
+  return true;
+}
+
+// --all: the command once per replica, in address order. Human output: a "== ADDR ==" line
+// before each replica's; --json: one document {"replicas": [{"addr", "result" | "error",
+// "exit_code"}], "failed": N}. Exit status: 0 when every replica succeeded, else the first
+// failure's.
+int RunOnAll(const Command& command, const std::string& name, const GlobalFlags& flags) {
+  absl::StatusOr<Replicas> replicas = ResolveReplicas(flags.client.address);
+  if (!replicas.ok()) {
+    if (replicas.status().code() == absl::StatusCode::kInvalidArgument) {
+      return Context(name, flags).Usage(std::string(replicas.status().message()));
+    }
+    return Context(name, flags).Fail(replicas.status());
+  }
+  const bool tls = flags.client.tls.enabled || flags.tls_ca_file || flags.tls_cert_file;
+  unsigned char ip[16];
+  const bool host_is_name = !replicas->host.empty() && inet_pton(AF_INET, replicas->host.c_str(), ip) != 1 &&
+                            inet_pton(AF_INET6, replicas->host.c_str(), ip) != 1;
+  Json doc = {{"replicas", Json::array()}};
+  int first_failure = 0;
+  int failed = 0;
+  for (const std::string& address : replicas->addresses) {
+    GlobalFlags one = flags;
+    one.client.address = address;
+    // The certificate names the Service, not the pod's address.
+    if (tls && host_is_name && !one.tls_server_name) one.tls_server_name = replicas->host;
+    Json entry = {{"addr", address}};
+    Context ctx(name, one);
+    ctx.set_replica(address, flags.json ? &entry : nullptr);
+    if (!flags.json) {
+      std::printf("== %s ==\n", address.c_str());
+      std::fflush(stdout);
+    }
+    int rc = ctx.Connect();
+    if (rc == 0) rc = command.run(ctx);
+    std::fflush(stdout);
+    entry["exit_code"] = rc;
+    if (rc != 0) {
+      ++failed;
+      if (first_failure == 0) first_failure = rc;
+    }
+    if (flags.json) doc["replicas"].push_back(std::move(entry));
+  }
+  if (flags.json) {
+    doc["failed"] = failed;
+    std::printf("%s\n", doc.dump(2, ' ', false, Json::error_handler_t::replace).c_str());
+  } else if (!flags.quiet || failed > 0) {
+    std::fprintf(stderr, "loractl: --all: %zu replica%s, %d failed\n", replicas->addresses.size(),
+                 replicas->addresses.size() == 1 ? "" : "s", failed);
+  }
+  return first_failure;
+}
+
 int Main(int argc, char** argv) {
   CLI::App root("loractl: the operator command line for a loraserve server.", "loractl");
   root.footer(kExitStatusHelp);
@@ -192,6 +257,12 @@ int Main(int argc, char** argv) {
     return usage(absl::StrCat("usage: loractl ", name, synopsis.empty() ? "" : " ", synopsis));
   }
   if (parse_error) return usage(*parse_error);
+  if (flags.all) {
+    if (!command->needs_client || !RunsOnAll(name)) {
+      return usage(absl::StrCat("--all is for management and health commands, not ", name));
+    }
+    return RunOnAll(*command, name, flags);
+  }
   if (command->needs_client) {
     if (const int rc = ctx.Connect(); rc != 0) return rc;
   }

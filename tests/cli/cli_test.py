@@ -572,6 +572,49 @@ def tls(args, work, servers):
     cli.error(UNAVAILABLE, *quick, "--tls_ca_file", p("ca.pem"), "health")  # no client certificate
 
 
+def all_replicas(args, work, servers):
+    """--all: two servers on one port of two loopback addresses (like a headless Service's pods)."""
+    a = Server(args.loraserve, args.model, args.adapter_root, work, "replica-a")
+    servers.append(a)
+    port = a.port
+    b = Server(args.loraserve, args.model, args.adapter_root, work, "replica-b",
+               extra=(f"--listen=127.0.0.2:{port}",))
+    servers.append(b)
+    ra, rb = f"127.0.0.1:{port}", f"127.0.0.2:{port}"
+    cli = Cli(args.loractl, f"ipv4:{rb},{ra}", a.metrics_addr)
+    r = cli("--all", "adapters", "load", "x", "demo-qv")
+    check(r.out.startswith(f"== {ra} ==\n") and f"\n== {rb} ==\n" in r.out, f"--all output {r.out!r}")
+    check("loractl: --all: 2 replicas, 0 failed" in r.err, f"--all summary {r.err!r}")
+    for one in (ra, rb):
+        got = Cli(args.loractl, one, a.metrics_addr).json("adapters", "get", "x")["adapter"]
+        check(got["name"] == "x", f"{one} has x: {got}")
+    doc = cli.json("--all", "adapters", "list")
+    check([e["addr"] for e in doc["replicas"]] == [ra, rb] and doc["failed"] == 0, f"--all --json {doc}")
+    check(all([x["name"] for x in e["result"]["adapters"]] == ["x"] and e["exit_code"] == 0
+              for e in doc["replicas"]), f"--all list {doc}")
+    cli("--all", "adapters", "merge", "x")
+    cli("--all", "adapters", "unmerge", "x")
+    # One replica down: the others still get the call; the exit status is the failure's.
+    check(b.stop() == 0, "replica b exits 0")
+    r = cli("--all", "--json", "--retries", "0", "--timeout", "5", "adapters", "delete", "x", expect=UNAVAILABLE)
+    doc = r.json()
+    check(doc["failed"] == 1 and doc["replicas"][0]["exit_code"] == 0 and
+          doc["replicas"][1]["error"]["code"] == "UNAVAILABLE" and doc["replicas"][1]["exit_code"] == UNAVAILABLE,
+          f"--all with a replica down {doc}")
+    check(Cli(args.loractl, ra, a.metrics_addr).json("adapters", "list")["adapters"] == [], "x deleted on a")
+    r = cli("--all", "--retries", "0", "--timeout", "5", "health", expect=UNAVAILABLE)
+    check(f"loractl: health ({rb}): UNAVAILABLE" in r.err and "2 replicas, 1 failed" in r.err, f"--all stderr {r.err!r}")
+    # A name: every address it resolves to (an IP literal resolves to itself).
+    r = Cli(args.loractl, ra, a.metrics_addr)("--all", "health")
+    check(r.out == f"== {ra} ==\nSERVING\n" and "1 replica, 0 failed" in r.err, f"--all by name {r.out!r} {r.err!r}")
+    Cli(args.loractl, "no-such-host.invalid:50051", None)("--all", "health", expect=5)  # NOT_FOUND
+    # Commands that are routed, read stdin or write local files are refused.
+    for argv in (["generate", "hi"], ["adapters", "save", "x", os.path.join(work, "s")], ["tokenize", "hi"]):
+        r = cli("--all", *argv, expect=64)
+        check("--all is for management and health commands" in r.err, f"--all {argv}: {r.err!r}")
+    r = cli("--all", "--addr", "ipv4:1.2.3:4", "health", expect=64)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loractl", required=True)
@@ -605,7 +648,8 @@ def main():
                      ("adapters delete / unload-all", lambda: delete_unload_all(cli)),
                      ("metrics", lambda: metrics(cli)),
                      ("--auth_tokens_file and tokens", lambda: auth_tokens(args, work, servers)),
-                     ("TLS and mutual TLS", lambda: tls(args, work, servers))]
+                     ("TLS and mutual TLS", lambda: tls(args, work, servers)),
+                     ("--all over two replicas", lambda: all_replicas(args, work, servers))]
             for name, step in steps:
                 start = time.time()
                 step()
