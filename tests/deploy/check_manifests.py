@@ -37,7 +37,12 @@ def flag_names(text):
 
 
 def check_overlay(name, objs, known_flags, gpu):
-    dep = objs[("Deployment", "loraserve")]
+    dep = objs[("StatefulSet", "loraserve")]
+    check(dep["spec"]["serviceName"] in [n for (k, n) in objs if k == "Service"] and
+          objs[("Service", dep["spec"]["serviceName"])]["spec"].get("clusterIP") == "None",
+          f"{name}: the StatefulSet's serviceName is not the headless Service")
+    claims = {t["metadata"]["name"] for t in dep["spec"].get("volumeClaimTemplates", [])}
+    check("state" in claims, f"{name}: no per-replica PersistentVolumeClaim for --state_dir")
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     flags = objs[("ConfigMap", "loraserve-flags")]["data"]["loraserve.flags"]
@@ -60,6 +65,9 @@ def check_overlay(name, objs, known_flags, gpu):
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     for path in ("/tmp", "/var/lib/loraserve/uploads", "/var/lib/loraserve/adapters", "/var/lib/loraserve/state"):
         check(path in mounts, f"{name}: {path} is not a volume (the root filesystem is read-only)")
+    volumes = {v["name"] for v in pod["volumes"]} | claims
+    for m in c["volumeMounts"]:
+        check(m["name"] in volumes, f"{name}: volume mount {m['name']} has no volume or claim")
     check("--state_dir=/var/lib/loraserve/state" in flags, f"{name}: --state_dir is not the state volume")
     hpa = objs[("HorizontalPodAutoscaler", "loraserve")]
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
