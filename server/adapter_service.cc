@@ -252,9 +252,7 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
         transfer::RemoveTree(dir_);
         response_->set_already_loaded(true);
         *response_->mutable_adapter() = **std::move(same);
-        const grpc::Status out = call_.Complete(absl::OkStatus());
-        GrpcHandoff(this);  // after the last write to the call
-        Finish(out);
+        FinishRpc(this, call_, absl::OkStatus());
         return;
       }
       // The adapter was deleted while the files arrived: load them after all.
@@ -295,18 +293,14 @@ class UploadReactor final : public grpc::ServerReadReactor<pb::UploadAdapterRequ
                                    name_, response_->adapter().checksum(), info->bytes,
                                    writer_->total_bytes(),
                                    absl::ToDoubleMilliseconds(absl::Now() - start)));
-    const grpc::Status out = call_.Complete(absl::OkStatus());
-    GrpcHandoff(this);  // after the last write to the call
-    Finish(out);
+    FinishRpc(this, call_, absl::OkStatus());
   }
 
   void Fail(const absl::Status& status) {
     if (reserved_) env_->book.EndLoad(name_, std::nullopt);
     writer_.reset();
     transfer::RemoveTree(dir_);
-    const grpc::Status out = call_.Complete(status);
-    GrpcHandoff(this);  // after the last write to the call
-    Finish(out);
+    FinishRpc(this, call_, status);
   }
 
   ServiceEnv* const env_;
@@ -349,11 +343,7 @@ class FileStreamReactor final : public grpc::ServerWriteReactor<Response> {
     });
   }
 
-  void FinishWith(const absl::Status& status) {
-    const grpc::Status out = call_.Complete(status);
-    GrpcHandoff(this);  // after the last write to the call
-    this->Finish(out);
-  }
+  void FinishWith(const absl::Status& status) { FinishRpc(this, call_, status); }
 
   void OnWriteDone(bool ok) override {
     GrpcReaction(this);

@@ -17,6 +17,9 @@
 #endif
 #endif
 
+#include "absl/status/status.h"
+#include "server/service_env.h"
+
 #ifdef LORASERVE_TSAN_ANNOTATIONS
 extern "C" void __tsan_acquire(void* addr);
 extern "C" void __tsan_release(void* addr);
@@ -38,6 +41,16 @@ inline void GrpcReaction(const void* reactor) {
 #else
   (void)reactor;
 #endif
+}
+
+// Completes `call`'s record (metrics, access log, trailing metadata) and finishes `reactor`'s RPC
+// with its status, the handoff between the two: after the last write to the call, before gRPC may
+// run OnDone on another thread. Must be the caller's last use of the reactor.
+template <typename Reactor>
+void FinishRpc(Reactor* reactor, RpcCall& call, const absl::Status& status) {
+  const grpc::Status out = call.Complete(status);
+  GrpcHandoff(reactor);
+  reactor->Finish(out);
 }
 
 }  // namespace loraserve::server

@@ -9,8 +9,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "core/engine/engine.h"
-#include "server/grpc_handoff.h"
 #include "server/adapter_service.h"
+#include "server/grpc_handoff.h"
 #include "server/proto_convert.h"
 #include "server/unary_call.h"
 
@@ -247,9 +247,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       GrpcHandoff(this);
       StartWrite(&in_flight_);
     } else if (step == Step::kFinish) {
-      const grpc::Status out = call_.Complete(finish_status_);
-      GrpcHandoff(this);  // after the last write to the call
-      Finish(out);
+      FinishRpc(this, call_, finish_status_);
     }
   }
 
@@ -259,9 +257,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       absl::MutexLock lock(&mu_);
       finished_ = true;
     }
-    const grpc::Status out = call_.Complete(status);
-    GrpcHandoff(this);  // after the last write to the call
-    Finish(out);
+    FinishRpc(this, call_, status);
   }
 
   ServiceEnv* const env_;

@@ -13,8 +13,6 @@
 // JSON document on stderr. Exit code: 0 on success, the gRPC status code of the
 // failed call otherwise (health NOT_SERVING: 14), 64 for usage errors (bad
 // command line, unreadable --token_file / TLS files).
-#include <arpa/inet.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -144,9 +142,6 @@ int RunOnAll(const Command& command, const std::string& name, const GlobalFlags&
     return Context(name, flags).Fail(replicas.status());
   }
   const bool tls = flags.client.tls.enabled || flags.tls_ca_file || flags.tls_cert_file;
-  unsigned char ip[16];
-  const bool host_is_name = !replicas->host.empty() && inet_pton(AF_INET, replicas->host.c_str(), ip) != 1 &&
-                            inet_pton(AF_INET6, replicas->host.c_str(), ip) != 1;
   Json doc = {{"replicas", Json::array()}};
   int first_failure = 0;
   int failed = 0;
@@ -154,7 +149,7 @@ int RunOnAll(const Command& command, const std::string& name, const GlobalFlags&
     GlobalFlags one = flags;
     one.client.address = address;
     // The certificate names the Service, not the pod's address.
-    if (tls && host_is_name && !one.tls_server_name) one.tls_server_name = replicas->host;
+    if (tls && !replicas->host.empty() && !one.tls_server_name) one.tls_server_name = replicas->host;
     Json entry = {{"addr", address}};
     Context ctx(name, one);
     ctx.set_replica(address, flags.json ? &entry : nullptr);

@@ -5,7 +5,6 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <algorithm>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -85,7 +84,9 @@ absl::StatusOr<Replicas> ResolveReplicas(const std::string& target) {
   }
   freeaddrinfo(res);
   if (seen.empty()) return absl::NotFoundError(absl::StrCat(host, " has no address"));
-  out.host = host;
+  unsigned char buf[sizeof(in6_addr)];
+  const bool literal = inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+  if (!literal) out.host = host;
   out.addresses.assign(seen.begin(), seen.end());
   return out;
 }

@@ -13,7 +13,9 @@
 namespace loraserve::loractl {
 
 struct Replicas {
-  std::string host;                    // the name as given ("" for an ipv4:/ipv6: list)
+  // The DNS name the addresses came from, which their TLS certificates carry ("" for an IP
+  // literal and for an ipv4:/ipv6: list).
+  std::string host;
   std::vector<std::string> addresses;  // "IP:PORT" / "[IPv6]:PORT", sorted, distinct
 };
 

@@ -28,7 +28,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
-from loraserve_process import LoraserveProcess, generate_stubs, upload_requests  # noqa: E402 (tests/testing/)
+from loraserve_process import ADAPTER_FILES, LoraserveProcess, adapter_files, generate_stubs, upload_requests  # noqa: E402 (tests/testing/)
 
 NAMES = ["a0", "a1", "a2", "a3", "a4"]
 TOKENS = [1, 403, 407, 261, 378, 300, 42, 7]
@@ -40,10 +40,8 @@ class Failure(Exception):
 
 def adapter_checksum(directory):
     """loraserve.v1.Adapter.checksum of a PEFT directory (transfer/file_transfer.h)."""
-    lines = ""
-    for f in ["adapter_config.json", "adapter_model.safetensors"]:
-        with open(os.path.join(directory, f), "rb") as fh:
-            lines += f"{f} {hashlib.sha256(fh.read()).hexdigest()}\n"
+    files = adapter_files(directory)
+    lines = "".join(f"{f} {hashlib.sha256(files[f]).hexdigest()}\n" for f in ADAPTER_FILES)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
@@ -59,12 +57,7 @@ class Crash:
         self.sources = sorted(d for d in os.listdir(args.adapter_root)
                               if os.path.isfile(os.path.join(args.adapter_root, d, "adapter_config.json")))
         self.checksums = {d: adapter_checksum(os.path.join(args.adapter_root, d)) for d in self.sources}
-        self.files = {}
-        for d in self.sources:
-            self.files[d] = {}
-            for f in ["adapter_config.json", "adapter_model.safetensors"]:
-                with open(os.path.join(args.adapter_root, d, f), "rb") as fh:
-                    self.files[d][f] = fh.read()
+        self.files = {d: adapter_files(os.path.join(args.adapter_root, d)) for d in self.sources}
         # The acknowledged state: name -> {"kind", "id" (content identity), "checksum", "merged"};
         # merge order as a list of names.
         self.model = {}

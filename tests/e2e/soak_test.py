@@ -38,7 +38,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
-from loraserve_process import LoraserveProcess, generate_stubs, upload_requests  # noqa: E402 (tests/testing/)
+from loraserve_process import LoraserveProcess, adapter_files, generate_stubs, upload_requests  # noqa: E402 (tests/testing/)
 
 SOURCES = ["demo-qv", "demo-mlp", "demo-dora", "demo-head"]
 # Combined contents: (source content, weight), made with a LINEAR combination of one source.
@@ -88,12 +88,7 @@ class Soak:
         self.pb, self.pb_grpc, self.inf_pb, self.inf_grpc, self.files_pb = stubs
         self.work = work
         self.rng = random.Random(args.seed)
-        self.files = {}
-        for d in SOURCES:
-            self.files[d] = {}
-            for f in ["adapter_config.json", "adapter_model.safetensors"]:
-                with open(os.path.join(args.adapter_root, d, f), "rb") as fh:
-                    self.files[d][f] = fh.read()
+        self.files = {d: adapter_files(os.path.join(args.adapter_root, d)) for d in SOURCES}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         # (merged: bool, content or "" for the base or MERGE_TARGET, prompt index) -> token_logprobs

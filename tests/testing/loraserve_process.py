@@ -19,6 +19,18 @@ def generate_stubs(proto_dir, work):
     sys.path.insert(0, gen)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def adapter_files(directory):
+    """A PEFT adapter directory's two files as {name: bytes} (what UploadAdapter sends)."""
+    out = {}
+    for f in ADAPTER_FILES:
+        with open(os.path.join(directory, f), "rb") as fh:
+            out[f] = fh.read()
+    return out
+
+
 def upload_requests(pb, files_pb, name, files, chunk_bytes):
     """UploadAdapter's request stream for `files` ({path: bytes}): the name and total size, then
     each file in chunks of `chunk_bytes`, its last chunk with eof, size and SHA-256."""
