@@ -4,6 +4,7 @@
 //   Base            no adapter
 //   Merged          one adapter merged into the weights, every row uses it
 //   Distinct/N      N distinct unmerged adapters spread over the 32 rows (mixed batch)
+//   DistinctBf16/N  the same adapters stored in bfloat16 (--adapter_dtype=bfloat16; fp32 products)
 //   PeftSwap/N      the PEFT-style alternative: the batch split per adapter, one forward per adapter
 // Decode = one new token per row per step; Prefill = the 128-token prompts of all rows.
 // Threads: $LORASERVE_BENCH_THREADS (default 2). Dtype: $LORASERVE_BENCH_DTYPE = float32 (default)
@@ -38,7 +39,8 @@ constexpr int64_t kRank = 16;
 struct Setup {
   std::unique_ptr<Model> model;
   std::unique_ptr<LoraModel> lora;
-  std::vector<std::shared_ptr<const LoraAdapter>> adapters;  // 32 distinct
+  std::vector<std::shared_ptr<const LoraAdapter>> adapters;       // 32 distinct
+  std::vector<std::shared_ptr<const LoraAdapter>> adapters_bf16;  // the same, stored in bf16
 };
 
 Setup& Bench() {
@@ -76,16 +78,23 @@ Setup& Bench() {
                                         setup->lora->BaseWeightFn(), AdapterLoadOptions());
       if (!a.ok()) std::abort();
       setup->adapters.push_back(*a);
+      AdapterLoadOptions bf16;
+      bf16.dtype = "bfloat16";
+      auto h = LoraAdapter::FromTensors("h" + std::to_string(i), cfg, t, *setup->model,
+                                        setup->lora->BaseWeightFn(), bf16);
+      if (!h.ok()) std::abort();
+      setup->adapters_bf16.push_back(*h);
     }
     return setup;
   }();
   return *s;
 }
 
-std::vector<std::shared_ptr<const LoraAdapter>> RowAdapters(int distinct) {
+std::vector<std::shared_ptr<const LoraAdapter>> RowAdapters(int distinct, bool bf16) {
   std::vector<std::shared_ptr<const LoraAdapter>> rows;
+  const auto& set = bf16 ? Bench().adapters_bf16 : Bench().adapters;
   for (int64_t r = 0; r < kBatch; ++r) {
-    rows.push_back(distinct == 0 ? nullptr : Bench().adapters[r % distinct]);
+    rows.push_back(distinct == 0 ? nullptr : set[r % distinct]);
   }
   return rows;
 }
@@ -95,12 +104,13 @@ double& BaseRate(bool decode) {
   return rates[decode ? 1 : 0];
 }
 
-// mode: 0 base, 1 merged, 2 distinct unmerged, 3 PEFT-style per-adapter forwards.
+// mode: 0 base, 1 merged, 2 distinct unmerged, 3 PEFT-style per-adapter forwards, 4 distinct
+// unmerged bf16-stored adapters.
 // Returns tokens per second of the timed loop.
 double Run(benchmark::State& state, bool decode, int mode, int distinct) {
   Setup& s = Bench();
   c10::InferenceMode guard;
-  std::vector<std::shared_ptr<const LoraAdapter>> rows = RowAdapters(mode == 0 ? 0 : distinct);
+  std::vector<std::shared_ptr<const LoraAdapter>> rows = RowAdapters(mode == 0 ? 0 : distinct, mode == 4);
   if (mode == 1) {
     (void)s.lora->Merge(s.adapters[0]);
     rows.assign(kBatch, s.adapters[0]);
@@ -161,12 +171,14 @@ void BM_DecodeBase(benchmark::State& s) { Report(s, true, 0, 0); }
 void BM_DecodeMerged(benchmark::State& s) { Report(s, true, 1, 1); }
 void BM_DecodeDistinct(benchmark::State& s) { Report(s, true, 2, static_cast<int>(s.range(0))); }
 void BM_DecodePeftSwap(benchmark::State& s) { Report(s, true, 3, static_cast<int>(s.range(0))); }
+void BM_DecodeDistinctBf16(benchmark::State& s) { Report(s, true, 4, static_cast<int>(s.range(0))); }
 void BM_PrefillBase(benchmark::State& s) { Report(s, false, 0, 0); }
 void BM_PrefillDistinct(benchmark::State& s) { Report(s, false, 2, static_cast<int>(s.range(0))); }
 
 BENCHMARK(BM_DecodeBase)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();
 BENCHMARK(BM_DecodeMerged)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();
 BENCHMARK(BM_DecodeDistinct)->Arg(1)->Arg(8)->Arg(32)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();
+BENCHMARK(BM_DecodeDistinctBf16)->Arg(32)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();
 BENCHMARK(BM_DecodePeftSwap)->Arg(32)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();
 BENCHMARK(BM_PrefillBase)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();
 BENCHMARK(BM_PrefillDistinct)->Arg(32)->Unit(benchmark::kMillisecond)->MinTime(3)->UseRealTime();

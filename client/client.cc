@@ -68,6 +68,7 @@ const char* ResidencyName(Residency residency) {
   switch (residency) {
     case Residency::kResident: return "resident";
     case Residency::kEvicted: return "evicted";
+    case Residency::kNotLoaded: return "not_loaded";
     case Residency::kUnspecified: break;
   }
   return "unspecified";
@@ -172,9 +173,20 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service, const C
 
 absl::StatusOr<AdapterInfo> Client::LoadAdapter(const std::string& name, const std::string& path,
                                                 const CallOptions& call) {
+  return LoadOrRegister(name, path, /*register_only=*/false, call);
+}
+
+absl::StatusOr<AdapterInfo> Client::RegisterAdapter(const std::string& name, const std::string& path,
+                                                    const CallOptions& call) {
+  return LoadOrRegister(name, path, /*register_only=*/true, call);
+}
+
+absl::StatusOr<AdapterInfo> Client::LoadOrRegister(const std::string& name, const std::string& path,
+                                                   bool register_only, const CallOptions& call) {
   pb::LoadAdapterRequest req;
   req.set_name(name);
   req.set_path(path);
+  req.set_register_only(register_only);
   pb::LoadAdapterResponse resp;
   absl::Status s = impl_->Unary(
       [&](grpc::ClientContext* c, const auto& q, auto* r) { return impl_->adapters->LoadAdapter(c, q, r); },

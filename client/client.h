@@ -111,7 +111,7 @@ const char* ServingStatusName(ServingStatus status);
 // ---- Adapters ---------------------------------------------------------------------------------
 
 enum class AdapterState { kUnspecified, kLoading, kReady, kMerged };
-enum class Residency { kUnspecified, kResident, kEvicted };
+enum class Residency { kUnspecified, kResident, kEvicted, kNotLoaded };
 enum class AdapterSource { kUnspecified, kAdapterRoot, kUpload, kCombined };
 enum class BaseModelMatch { kUnspecified, kMatch, kMismatch, kUnknown };
 // "loading", "ready", "merged", ...; "resident", "evicted"; "adapter_root", "upload", "combined";
@@ -270,6 +270,10 @@ class Client {
   // `path` is relative to the server's adapter root.
   absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& path,
                                           const CallOptions& call = {});
+  // LoadAdapter with register_only: read, checksummed and validated, weights not kept (residency
+  // kNotLoaded); the first request naming it loads them on the server's loader threads.
+  absl::StatusOr<AdapterInfo> RegisterAdapter(const std::string& name, const std::string& path,
+                                              const CallOptions& call = {});
   // Sends every regular file below the local directory `dir` (with SHA-256s) and loads them.
   // InvalidArgument locally if `dir` has no files, too many, or untransferable names.
   absl::StatusOr<AdapterInfo> UploadAdapter(const std::string& name, const std::string& dir,
@@ -316,6 +320,8 @@ class Client {
 
  private:
   explicit Client(std::unique_ptr<Impl> impl);
+  absl::StatusOr<AdapterInfo> LoadOrRegister(const std::string& name, const std::string& path,
+                                             bool register_only, const CallOptions& call);
   std::unique_ptr<Impl> impl_;
 };
 

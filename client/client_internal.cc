@@ -36,7 +36,8 @@ AdapterInfo FromProto(const pb::Adapter& a) {
                       AdapterState::kUnspecified);
   out.residency = MapEnum(a.residency(),
                           {{pb::RESIDENCY_RESIDENT, Residency::kResident},
-                           {pb::RESIDENCY_EVICTED, Residency::kEvicted}},
+                           {pb::RESIDENCY_EVICTED, Residency::kEvicted},
+                           {pb::RESIDENCY_NOT_LOADED, Residency::kNotLoaded}},
                           Residency::kUnspecified);
   out.source =
       MapEnum(a.source(),

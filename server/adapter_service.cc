@@ -472,7 +472,7 @@ absl::StatusOr<RootLoadResult> FinishRootLoad(ServiceEnv& env, core::Engine& eng
   }
   // A checksum error (a missing file) is left to the loader, whose message says more.
   const absl::Time start = absl::Now();
-  absl::StatusOr<core::AdapterInfo> info = engine.LoadAdapter(load.name, load.dir);
+  absl::StatusOr<core::AdapterInfo> info = engine.LoadAdapter(load.name, load.dir, load.register_only);
   out.took = absl::Now() - start;
   env.metrics->RecordAdapterLoad(out.took);
   if (!info.ok()) {
@@ -541,6 +541,7 @@ grpc::ServerUnaryReactor* AdapterService::LoadAdapter(grpc::CallbackServerContex
     c->Finish(load.status());
     return reactor;
   }
+  load->register_only = request->register_only();
   env_->pool->Post([c, engine, load = *std::move(load), response] {
     absl::StatusOr<RootLoadResult> r = FinishRootLoad(*c->env, *engine, c->call.tenant(), load);
     if (!r.ok()) {

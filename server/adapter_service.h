@@ -17,6 +17,7 @@ struct RootLoad {
   std::string name;
   std::string dir;        // absolute, under the root
   bool reserved = false;  // the name was free and is now reserved in the book
+  bool register_only = false;  // LoadAdapterRequest.register_only
 };
 struct RootLoadResult {
   loraserve::v1::Adapter adapter;

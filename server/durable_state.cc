@@ -141,7 +141,9 @@ RestoreReport RestoreState(ServiceEnv& env, core::Engine& engine) {
     if (!r.files.empty()) referenced.insert(r.files);
     absl::StatusOr<std::string> dir = RecordDir(env, r);
     absl::Status s = dir.status();
-    if (s.ok()) s = engine.LoadAdapter(r.name, *dir).status();
+    // Under an adapter budget the weights load when requests need them (a state directory may
+    // name far more adapters than fit).
+    if (s.ok()) s = engine.LoadAdapter(r.name, *dir, env.config.restore_register_only).status();
     if (!s.ok()) {
       report.errors.push_back(absl::StrCat("adapter ", r.name, ": ", s.message()));
       continue;

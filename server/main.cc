@@ -78,6 +78,12 @@ ABSL_FLAG(int64_t, kv_budget_bytes, int64_t{1} << 30,
 ABSL_FLAG(int64_t, adapter_budget_bytes, 0,
           "resident adapter weights in bytes before least-recently-used adapters are evicted "
           "(reloaded on next use); 0 = unbounded");
+ABSL_FLAG(int, adapter_load_threads, 2,
+          "threads loading adapters that waiting requests need (evicted or registered-only "
+          "adapters); the engine thread and the RPC threads never read adapter files");
+ABSL_FLAG(std::string, adapter_dtype, "float32",
+          "storage dtype of adapter weights: float32, or bfloat16 (half the memory and reads; "
+          "products still accumulate in float32)");
 ABSL_FLAG(int64_t, max_rank, 256, "largest LoRA rank an adapter may have");
 ABSL_FLAG(std::string, batch_policy, "mixed",
           "mixed: rows of different adapters share a step; single: one adapter per step, "
@@ -185,6 +191,8 @@ int main(int argc, char** argv) {
   engine_options.kv_budget_bytes = absl::GetFlag(FLAGS_kv_budget_bytes);
   engine_options.adapters.budget_bytes = absl::GetFlag(FLAGS_adapter_budget_bytes);
   engine_options.adapters.load.max_rank = absl::GetFlag(FLAGS_max_rank);
+  engine_options.adapter_load_threads = absl::GetFlag(FLAGS_adapter_load_threads);
+  engine_options.adapters.load.dtype = absl::GetFlag(FLAGS_adapter_dtype);
   const std::string policy = absl::GetFlag(FLAGS_batch_policy);
   if (policy == "mixed") {
     engine_options.policy = loraserve::core::BatchPolicy::kMixed;
@@ -214,6 +222,7 @@ int main(int argc, char** argv) {
   options.http.completion_heartbeat = absl::GetFlag(FLAGS_http_completion_heartbeat);
   options.adapter_root = absl::GetFlag(FLAGS_adapter_root);
   options.adapter_load_on_miss = absl::GetFlag(FLAGS_adapter_load_on_miss);
+  options.restore_register_only = absl::GetFlag(FLAGS_adapter_budget_bytes) > 0;
   options.upload_dir = absl::GetFlag(FLAGS_upload_dir);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);

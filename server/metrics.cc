@@ -109,22 +109,33 @@ class EngineCollector : public prometheus::Collectable {
                          "Bytes of adapter weights resident in memory.", MetricType::Gauge,
                          {GaugeSample(static_cast<double>(s.adapter_bytes_resident))}));
 
+    out.push_back(Family("loraserve_adapter_loads_total",
+                         "Loads of adapters that were not resident (evicted, or registered only) "
+                         "because a request or call needed them.",
+                         MetricType::Counter, {CounterSample(static_cast<double>(s.adapter_loads))}));
+    out.push_back(Family("loraserve_adapter_load_seconds_total", "Time spent in those loads.",
+                         MetricType::Counter, {CounterSample(s.adapter_load_seconds)}));
+    out.push_back(Family("loraserve_adapter_misses_total",
+                         "Requests that found their adapter not resident and waited for its load.",
+                         MetricType::Counter, {CounterSample(static_cast<double>(s.adapter_misses))}));
+    out.push_back(Family("loraserve_adapter_load_waiting",
+                         "Requests waiting for their adapter's load now.", MetricType::Gauge,
+                         {GaugeSample(static_cast<double>(s.adapter_load_waiting))}));
+
     // Adapters by state and residency; every combination present so rates work from zero.
-    std::map<std::pair<std::string, std::string>, int> counts;
-    for (const char* state : {"ready", "merged"}) {
-      for (const char* residency : {"resident", "evicted"}) counts[{state, residency}] = 0;
-    }
-    for (const core::AdapterInfo& a : engine->ListAdapters()) {
-      ++counts[{a.pinned ? "merged" : "ready", a.resident ? "resident" : "evicted"}];
-    }
-    std::vector<prometheus::ClientMetric> by_state;
-    for (const auto& [key, n] : counts) {
-      by_state.push_back(GaugeSample(n, {{"state", key.first}, {"residency", key.second}}));
-    }
+    const core::AdapterCounts& c = s.adapters;
+    std::vector<prometheus::ClientMetric> by_state = {
+        GaugeSample(static_cast<double>(c.merged), {{"state", "merged"}, {"residency", "resident"}}),
+        GaugeSample(0, {{"state", "merged"}, {"residency", "evicted"}}),
+        GaugeSample(static_cast<double>(c.evicted), {{"state", "ready"}, {"residency", "evicted"}}),
+        GaugeSample(static_cast<double>(c.not_loaded), {{"state", "ready"}, {"residency", "not_loaded"}}),
+        GaugeSample(static_cast<double>(c.resident), {{"state", "ready"}, {"residency", "resident"}}),
+    };
     by_state.push_back(
         GaugeSample(loading ? loading() : 0, {{"state", "loading"}, {"residency", "none"}}));
     out.push_back(Family("loraserve_adapters", "Adapters by state (loading, ready, merged) and "
-                                               "residency (resident, evicted; none while loading).",
+                                               "residency (resident, evicted, not_loaded; none "
+                                               "while loading).",
                          MetricType::Gauge, std::move(by_state)));
     return out;
   }

@@ -66,7 +66,9 @@ pb::Adapter AdapterToProto(const core::AdapterInfo& info,
   pb::Adapter a;
   a.set_name(info.name);
   a.set_state(info.pinned ? pb::ADAPTER_STATE_MERGED : pb::ADAPTER_STATE_READY);
-  a.set_residency(info.resident ? pb::RESIDENCY_RESIDENT : pb::RESIDENCY_EVICTED);
+  a.set_residency(info.resident          ? pb::RESIDENCY_RESIDENT
+                  : info.registered_only ? pb::RESIDENCY_NOT_LOADED
+                                         : pb::RESIDENCY_EVICTED);
   AdapterOrigin origin = provenance ? provenance->origin : AdapterOrigin::kUnknown;
   std::string rel = provenance ? provenance->relative_path : std::string();
   if (origin == AdapterOrigin::kUnknown) {

@@ -97,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   }
   env.config.max_upload_bytes = options.max_upload_bytes;
   env.config.load_on_miss = options.adapter_load_on_miss;
+  env.config.restore_register_only = options.restore_register_only;
   if (options.adapter_load_on_miss && env.config.adapter_root.empty()) {
     return absl::InvalidArgumentError("--adapter_load_on_miss needs --adapter_root");
   }

@@ -53,6 +53,9 @@ struct ServerOptions {
   // Load-on-miss (LoRAX's behaviour): a request naming an adapter that is not loaded loads
   // <adapter_root>/<name> first, as LoadAdapter would (needs adapter_root).
   bool adapter_load_on_miss = false;
+  // Adapters restored from state_dir are registered only (weights loaded on first use); set when
+  // an adapter budget bounds the resident weights.
+  bool restore_register_only = false;
   // Where uploads and files being saved/exported are written; "" = a private temporary directory
   // removed when the server is destroyed. Created if missing.
   std::string upload_dir;

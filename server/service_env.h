@@ -58,6 +58,7 @@ class EngineSlot {
 struct ServiceConfig {
   std::string adapter_root;  // canonical absolute path; "" = LoadAdapter refused
   bool load_on_miss = false;  // requests naming an unloaded adapter load <adapter_root>/<name>
+  bool restore_register_only = false;  // --state_dir restores register adapters, not load them
   std::string upload_dir;    // absolute; uploads are written below it
   std::string scratch_dir;   // absolute; SaveAdapter / ExportMergedModel write below it
   int64_t max_upload_bytes = 0;

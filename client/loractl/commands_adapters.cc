@@ -203,6 +203,12 @@ int RunLoad(Context& ctx, const std::string& name, const std::string& path) {
   return ReportLoaded(ctx, *a, name, "loaded");
 }
 
+int RunRegister(Context& ctx, const std::string& name, const std::string& path) {
+  auto a = ctx.client().RegisterAdapter(name, path, ctx.call());
+  if (!a.ok()) return ctx.Fail(a.status());
+  return ReportLoaded(ctx, *a, name, "registered");
+}
+
 int RunUpload(Context& ctx, const std::string& name, const std::string& dir) {
   std::unique_ptr<ProgressBar> bar = ctx.Progress("upload " + name);
   auto a = ctx.client().UploadAdapter(name, dir, ctx.call(), Context::Callback(bar.get()));
@@ -377,6 +383,10 @@ void AddAdapterCommands(CLI::App* root, CommandTable* table) {
                     "files\n"
                     "under the same name again answers OK (\"already loaded\").",
                     "PATH", "a PEFT directory below the server's --adapter_root", RunLoad);
+  AddNameDirCommand(group, table, "register", "register a PEFT directory on the server as NAME, weights loaded on first use",
+                    "As load, but the server drops the weights after validating them; the first\n"
+                    "request naming NAME loads them (for many more adapters than fit in memory).",
+                    "PATH", "a PEFT directory below the server's --adapter_root", RunRegister);
   AddNameDirCommand(group, table, "upload", "send the local PEFT directory DIR and load it as NAME",
                     "Every regular file below DIR is sent in chunks with its SHA-256. A "
                     "progress\n"

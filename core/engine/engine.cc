@@ -4,7 +4,9 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <atomic>
 #include <deque>
+#include <map>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -78,19 +80,23 @@ absl::Status DirMustBeEmpty(const std::string& dir) {
   return absl::OkStatus();
 }
 
-// A single worker thread for slow adapter work (combine, save, export) so neither RPC threads
-// nor the engine loop block on it.
+// Worker threads for slow adapter work (combine, save, export; loads of adapters that requests
+// wait for) so neither RPC threads nor the engine loop block on it.
 class Worker {
  public:
-  Worker() : thread_([this] { Loop(); }) {}
+  explicit Worker(int threads = 1) {
+    for (int i = 0; i < std::max(threads, 1); ++i) threads_.emplace_back([this] { Loop(); });
+  }
   ~Worker() { Stop(); }
-  // Runs the tasks already posted, then ends the thread. Idempotent; thread-safe.
+  // Runs the tasks already posted, then ends the threads. Idempotent; thread-safe.
   void Stop() {
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
-    std::call_once(joined_, [this] { thread_.join(); });
+    std::call_once(joined_, [this] {
+      for (std::thread& t : threads_) t.join();
+    });
   }
   // False (and `fn` dropped) once Stop() has begun.
   bool Post(std::function<void()> fn) {
@@ -119,7 +125,7 @@ class Worker {
   absl::Mutex mu_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
   std::once_flag joined_;
 };
 
@@ -146,6 +152,13 @@ class EngineImpl : public Engine {
     } else {
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported dtype \"", options_.dtype, "\" (float32, bfloat16, float16)"));
+    }
+    if (options_.adapters.load.dtype != "float32" && options_.adapters.load.dtype != "bfloat16") {
+      return absl::InvalidArgumentError(absl::StrCat("unsupported adapter dtype \"", options_.adapters.load.dtype,
+                                                     "\" (float32, bfloat16)"));
+    }
+    if (options_.adapter_load_threads < 1) {
+      return absl::InvalidArgumentError("adapter_load_threads must be at least 1");
     }
     LORASERVE_ASSIGN_OR_RETURN(model_, Model::Load(options_.model_dir, mo));
     TokenizerOptions to;
@@ -176,6 +189,7 @@ class EngineImpl : public Engine {
       LORASERVE_RETURN_IF_ERROR(model_->Score(ids).status());
     }
     worker_ = std::make_unique<Worker>();
+    loader_ = std::make_unique<Worker>(options_.adapter_load_threads);
     thread_ = std::thread([this] { Loop(); });
     absl::MutexLock lock(&mu_);
     ready_ = true;
@@ -189,9 +203,18 @@ class EngineImpl : public Engine {
     LORASERVE_RETURN_IF_ERROR(ValidateSamplingOptions(request.sampling));
     LORASERVE_RETURN_IF_ERROR(SequenceGenerator::ValidatePrompt(model_->config(), request.prompt_ids));
     if (!callbacks.on_done) return absl::InvalidArgumentError("on_done callback is required");
+    {
+      absl::MutexLock lock(&mu_);
+      if (shutting_down_) return absl::UnavailableError("server is shutting down");
+    }
     auto seq = std::make_shared<Sequence>();
+    seq->submitted = absl::Now();
+    bool loading = false;
     if (!request.adapter.empty()) {
-      LORASERVE_ASSIGN_OR_RETURN(seq->adapter, registry_->Get(request.adapter));
+      // Not resident: the request waits for the load on the loader threads (AdapterReady below).
+      LORASERVE_ASSIGN_OR_RETURN(seq->adapter, ResidentOrLoad(request.adapter, [this, seq](AdapterResult a) {
+                                   SubmitLoaded(seq, std::move(a));
+                                 }, &loading));
     }
     seq->adapter_name = request.adapter;
     seq->tenant = request.tenant;
@@ -203,19 +226,18 @@ class EngineImpl : public Engine {
                                                          request.prompt_ids, request.sampling);
     seq->request = std::move(request);
     seq->callbacks = std::move(callbacks);
+    if (loading) {
+      // SubmitLoaded runs once the load ends; it may not touch `seq` before this point.
+      seq->ready_to_submit.Notify();
+      return std::shared_ptr<RequestHandle>(seq);
+    }
     absl::MutexLock lock(&mu_);
     if (shutting_down_) return absl::UnavailableError("server is shutting down");
-    LORASERVE_RETURN_IF_ERROR(scheduler_->Submit(seq, absl::Now()));
+    LORASERVE_RETURN_IF_ERROR(scheduler_->Submit(seq, seq->submitted));
     return std::shared_ptr<RequestHandle>(seq);
   }
 
   void SubmitScore(ScoreRequest request, std::function<void(absl::StatusOr<ScoreResult>)> on_done) override {
-    std::shared_ptr<const LoraAdapter> adapter;
-    if (!request.adapter.empty()) {
-      auto a = registry_->Get(request.adapter);
-      if (!a.ok()) return on_done(a.status());
-      adapter = *a;
-    }
     if (request.token_ids.empty()) return on_done(absl::InvalidArgumentError("no token ids to score"));
     if (static_cast<int64_t>(request.token_ids.size()) > model_->config().max_position_embeddings) {
       return on_done(absl::InvalidArgumentError(absl::StrCat(
@@ -229,9 +251,19 @@ class EngineImpl : public Engine {
       if (shutting_down_) return on_done(ShuttingDown());
     }
     auto done = std::make_shared<std::function<void(absl::StatusOr<ScoreResult>)>>(std::move(on_done));
-    if (!PostTask([this, request = std::move(request), adapter, done]() { (*done)(executor_->Score(request, adapter)); })) {
-      (*done)(ShuttingDown());
-    }
+    auto request_ptr = std::make_shared<ScoreRequest>(std::move(request));
+    auto post = [this, request_ptr, done](AdapterResult adapter) {
+      if (!adapter.ok()) return (*done)(adapter.status());
+      if (!PostTask([this, request_ptr, adapter = *std::move(adapter), done]() {
+            (*done)(executor_->Score(*request_ptr, adapter));
+          })) {
+        (*done)(ShuttingDown());
+      }
+    };
+    if (request_ptr->adapter.empty()) return post(std::shared_ptr<const LoraAdapter>());
+    bool loading = false;
+    AdapterResult adapter = ResidentOrLoad(request_ptr->adapter, post, &loading);
+    if (!loading) post(std::move(adapter));
   }
 
   std::vector<int32_t> Tokenize(const std::string& text, bool add_special_tokens, bool parse_special) const override {
@@ -255,8 +287,9 @@ class EngineImpl : public Engine {
 
   // ---------------------------------------------------------------- adapters
 
-  absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& dir) override {
-    return registry_->Load(name, dir);
+  absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& dir,
+                                          bool register_only) override {
+    return registry_->Load(name, dir, register_only);
   }
   absl::Status DeleteAdapter(const std::string& name) override { return registry_->Delete(name); }
   absl::StatusOr<AdapterInfo> GetAdapter(const std::string& name) const override { return registry_->Info(name); }
@@ -264,11 +297,17 @@ class EngineImpl : public Engine {
 
   void MergeAdapter(const std::string& name, std::function<void(absl::StatusOr<bool>)> done) override {
     auto cb = std::make_shared<std::function<void(absl::StatusOr<bool>)>>(std::move(done));
-    if (!PostTask([this, name, cb] {
-          auto adapter = registry_->Get(name);
-          if (!adapter.ok()) return (*cb)(adapter.status());
-          absl::StatusOr<bool> merged = lora_->Merge(*adapter);
-          if (merged.ok()) (void)registry_->SetPinned(name, true);
+    // Loaded here (the caller's thread may block on the files), not on the engine thread.
+    auto adapter = registry_->Get(name);
+    if (!adapter.ok()) return (*cb)(adapter.status());
+    if (!PostTask([this, name, adapter = *adapter, cb] {
+          if (!registry_->Contains(name)) {
+            return (*cb)(absl::NotFoundError(absl::StrCat("adapter ", name, " not found")));
+          }
+          absl::StatusOr<bool> merged = lora_->Merge(adapter);
+          // Pinned with the very object merged (the entry may have been evicted or reloaded
+          // since the Get above).
+          if (merged.ok() && *merged) (void)registry_->PinAs(name, adapter);
           PublishMerged();
           (*cb)(merged);
         })) {
@@ -364,6 +403,11 @@ class EngineImpl : public Engine {
     s.kv_budget_bytes = options_.kv_budget_bytes;
     s.adapter_evictions = registry_->evictions();
     s.adapter_bytes_resident = registry_->resident_bytes();
+    s.adapter_loads = registry_->reloads();
+    s.adapter_load_seconds = registry_->reload_seconds();
+    s.adapters = registry_->Counts();
+    s.adapter_misses = adapter_misses_.load();
+    s.adapter_load_waiting = load_waiting_.load();
     return s;
   }
 
@@ -384,6 +428,7 @@ class EngineImpl : public Engine {
     // everything has stopped.
     std::call_once(stopped_, [this] {
       if (thread_.joinable()) thread_.join();
+      if (loader_ != nullptr) loader_->Stop();
       if (worker_ != nullptr) worker_->Stop();
     });
   }
@@ -405,6 +450,74 @@ class EngineImpl : public Engine {
     return true;
   }
   static absl::Status ShuttingDown() { return absl::UnavailableError("server is shutting down"); }
+
+  // ---------------------------------------------------------------- adapter loads for requests
+
+  using AdapterResult = absl::StatusOr<std::shared_ptr<const LoraAdapter>>;
+  using AdapterReady = std::function<void(AdapterResult)>;
+
+  // The adapter when resident (`*loading` false, `ready` dropped). Otherwise (evicted, or
+  // registered only) `*loading` is set, the call returns nullptr at once and `ready` runs on a
+  // loader thread once the load ends: requests for one adapter share its load and wait in their
+  // own queue, no other adapter's requests wait behind them, and neither the engine thread nor
+  // the caller's thread reads files. NotFound for an unknown adapter; ResourceExhausted when
+  // --max_queue / --max_queue_per_adapter requests already wait for loads; Unavailable once the
+  // loader has stopped.
+  AdapterResult ResidentOrLoad(const std::string& name, AdapterReady ready, bool* loading) {
+    *loading = false;
+    AdapterResult a = registry_->GetIfResident(name);
+    if (!a.ok() || *a != nullptr) return a;
+    absl::MutexLock lock(&load_mu_);
+    auto it = load_waiters_.find(name);
+    const size_t waiting = it == load_waiters_.end() ? 0 : it->second.size();
+    if (load_waiting_.load() >= options_.max_queue) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("request queue full (", load_waiting_.load(), " waiting for adapter loads)"));
+    }
+    if (static_cast<int>(waiting) >= options_.max_queue_per_adapter) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("queue for adapter \"", name, "\" full (", waiting, " waiting for its load)"));
+    }
+    if (waiting == 0 && !loader_->Post([this, name] { FinishLoad(name); })) return ShuttingDown();
+    load_waiters_[name].push_back(std::move(ready));
+    ++load_waiting_;
+    ++adapter_misses_;
+    *loading = true;
+    return std::shared_ptr<const LoraAdapter>();
+  }
+
+  // Loader thread: loads `name` (blocking) and hands the result to every request waiting for it.
+  void FinishLoad(const std::string& name) {
+    c10::InferenceMode guard;
+    AdapterResult adapter = registry_->Get(name);
+    std::vector<AdapterReady> waiters;
+    {
+      absl::MutexLock lock(&load_mu_);
+      auto it = load_waiters_.find(name);
+      if (it != load_waiters_.end()) {
+        waiters = std::move(it->second);
+        load_waiters_.erase(it);
+      }
+    }
+    for (AdapterReady& w : waiters) w(adapter);
+    // Counted down only now: the engine loop does not end while a request is between its load
+    // and the scheduler.
+    load_waiting_ -= static_cast<int64_t>(waiters.size());
+  }
+
+  // Loader thread: a generation whose adapter has loaded joins the scheduler (or fails).
+  void SubmitLoaded(const std::shared_ptr<Sequence>& seq, AdapterResult adapter) {
+    seq->ready_to_submit.WaitForNotification();
+    absl::Status s = adapter.status();
+    if (s.ok()) {
+      seq->adapter = *std::move(adapter);
+      seq->adapter_key = seq->adapter.get();
+      absl::MutexLock lock(&mu_);
+      // While draining, requests accepted before the drain still run.
+      s = loop_exited_ ? ShuttingDown() : scheduler_->Submit(seq, seq->submitted);
+    }
+    if (!s.ok()) Finish(seq, s);
+  }
 
   // Ends a sequence that has left the scheduler and reports it.
   void Finish(const std::shared_ptr<Sequence>& s, absl::StatusOr<GenerationResult> result) {
@@ -447,7 +560,15 @@ class EngineImpl : public Engine {
         if (shutting_down_) {
           draining_expired = absl::Now() >= drain_deadline_;
           if (scheduler_->running() == 0 && (scheduler_->waiting() == 0 || draining_expired) && tasks.empty()) {
-            stop = true;
+            if (load_waiting_.load() == 0 || draining_expired) {
+              stop = true;
+            } else {
+              // Requests still wait for their adapters' loads: they join the scheduler soon.
+              auto arrived = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                return !tasks_.empty() || scheduler_->waiting() > 0;
+              };
+              mu_.AwaitWithTimeout(absl::Condition(&arrived), absl::Milliseconds(1));
+            }
           }
         }
       }
@@ -543,6 +664,11 @@ class EngineImpl : public Engine {
   std::unique_ptr<Executor> executor_;    // owns the KV cache; engine thread
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Worker> worker_;  // created in Init, stopped (never reset) by Shutdown
+  std::unique_ptr<Worker> loader_;  // adapter loads that requests wait for; as worker_
+  absl::Mutex load_mu_;
+  std::map<std::string, std::vector<AdapterReady>> load_waiters_ ABSL_GUARDED_BY(load_mu_);
+  std::atomic<int64_t> load_waiting_{0};  // requests waiting for loads (or just loaded)
+  std::atomic<int64_t> adapter_misses_{0};
   std::once_flag stopped_;
   std::thread thread_;
 

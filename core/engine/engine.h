@@ -37,6 +37,7 @@ struct EngineOptions {
   int64_t kv_budget_bytes = 1ll << 30;  // KV cache memory; admission waits (or preempts) when full
   BatchPolicy policy = BatchPolicy::kMixed;
   AdapterRegistryOptions adapters;   // budget for resident adapter weights, load limits
+  int adapter_load_threads = 2;      // threads loading adapters that waiting requests need
 };
 
 // Checks a --device value against this build and this machine and returns its canonical name
@@ -112,6 +113,11 @@ struct EngineStats {
   int64_t last_batch_adapters = 0;
   int64_t adapter_evictions = 0;
   int64_t adapter_bytes_resident = 0;
+  int64_t adapter_loads = 0;         // loads of non-resident adapters for requests (and Get)
+  double adapter_load_seconds = 0;   // their total time
+  int64_t adapter_misses = 0;        // requests that found their adapter not resident
+  int64_t adapter_load_waiting = 0;  // requests waiting for an adapter load now
+  AdapterCounts adapters;
   bool ready = false;                // model loaded and warm-up forward done
 };
 
@@ -128,7 +134,9 @@ class Engine {
   // --- Inference -------------------------------------------------------------------------
   // Queues a generation. Errors found at submission (unknown adapter, invalid options, full
   // queue → ResourceExhausted, shutting down → Unavailable) are returned here and on_done is
-  // not called; otherwise on_done is called exactly once later.
+  // not called; otherwise on_done is called exactly once later. A request whose adapter is not
+  // resident waits for its load first; errors of that load, or a queue found full once it has
+  // loaded, reach on_done.
   virtual absl::StatusOr<std::shared_ptr<RequestHandle>> SubmitGenerate(
       GenerateRequest request, GenerateCallbacks callbacks) = 0;
   // Scores token ids (full forward, no sampling) at the next step boundary.
@@ -152,7 +160,14 @@ class Engine {
   // --- Adapters -----------------------------------------------------------------------------
   // Load / delete run on the calling thread and never block inference. Merge, unmerge, unload
   // and combine are applied by the engine thread between two steps; `done` runs there.
-  virtual absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& dir) = 0;
+  // `register_only`: read and validated, weights dropped until a request needs them (requests
+  // for an adapter that is not resident wait for its load on loader threads; a load that fails
+  // then reaches them through on_done).
+  virtual absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& dir,
+                                                  bool register_only) = 0;
+  absl::StatusOr<AdapterInfo> LoadAdapter(const std::string& name, const std::string& dir) {
+    return LoadAdapter(name, dir, /*register_only=*/false);
+  }
   // NotFound; FailedPrecondition while merged. Running requests that use it finish normally.
   virtual absl::Status DeleteAdapter(const std::string& name) = 0;
   virtual absl::StatusOr<AdapterInfo> GetAdapter(const std::string& name) const = 0;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "core/engine/engine.h"
 #include "core/engine/generate.h"
@@ -20,6 +21,8 @@ struct Sequence : public RequestHandle, public ScheduledRequest {
   std::shared_ptr<const LoraAdapter> adapter;  // held for the whole request (safe under delete)
   std::unique_ptr<SequenceGenerator> generator;
   absl::Time first_token = absl::InfinitePast();
+  // Set by SubmitGenerate once the request is complete, for a load finishing on another thread.
+  absl::Notification ready_to_submit;
 
   void Cancel() override { Scheduler::Cancel(*this); }
   // Token `position` of the context: the prompt, then the generated tokens.

@@ -44,38 +44,51 @@ AdapterInfo AdapterRegistry::Describe(const LoraAdapter& a, std::vector<std::str
   return info;
 }
 
-absl::StatusOr<AdapterInfo> AdapterRegistry::Load(const std::string& name, const std::string& dir) {
+absl::StatusOr<AdapterInfo> AdapterRegistry::Load(const std::string& name, const std::string& dir,
+                                                  bool register_only) {
   LORASERVE_RETURN_IF_ERROR(ValidateAdapterName(name));
   if (Contains(name)) return absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already loaded"));
   std::vector<std::string> warnings;
   LORASERVE_ASSIGN_OR_RETURN(auto adapter,
                              LoraAdapter::Load(name, dir, model_, base_weight_, options_.load, &warnings));
-  return Insert(std::move(adapter), std::move(warnings));
+  return Insert(std::move(adapter), std::move(warnings), register_only);
 }
 
 absl::StatusOr<AdapterInfo> AdapterRegistry::Add(std::shared_ptr<const LoraAdapter> adapter) {
   if (adapter == nullptr) return absl::InvalidArgumentError("no adapter");
-  return Insert(std::move(adapter), {});
+  return Insert(std::move(adapter), {}, /*register_only=*/false);
 }
 
 absl::StatusOr<AdapterInfo> AdapterRegistry::Insert(std::shared_ptr<const LoraAdapter> adapter,
-                                                    std::vector<std::string> warnings) {
+                                                    std::vector<std::string> warnings, bool register_only) {
   absl::MutexLock lock(&mu_);
   const std::string name = adapter->name();
   if (entries_.count(name)) return absl::AlreadyExistsError(absl::StrCat("adapter ", name, " already loaded"));
   Entry e;
   e.info = Describe(*adapter, std::move(warnings));
-  e.adapter = std::move(adapter);
-  resident_bytes_ += e.info.bytes;
-  entries_.emplace(name, std::move(e));
-  lru_.push_front(name);
+  const bool keep_weights = !register_only || e.info.source_dir.empty();
+  if (!keep_weights) {
+    e.info.resident = false;
+    e.info.registered_only = true;
+  }
+  Entry& entry = entries_.emplace(name, std::move(e)).first->second;
+  if (keep_weights) MakeResidentLocked(entry, std::move(adapter));
   EvictLocked(name);
-  return entries_.at(name).info;
+  return entry.info;
 }
 
-void AdapterRegistry::Touch(const std::string& name) {
-  lru_.remove(name);
-  lru_.push_front(name);
+void AdapterRegistry::Touch(Entry& e) {
+  if (e.adapter != nullptr) lru_.splice(lru_.begin(), lru_, e.lru);
+}
+
+void AdapterRegistry::MakeResidentLocked(Entry& e, std::shared_ptr<const LoraAdapter> adapter) {
+  e.info.resident = true;
+  e.info.registered_only = false;
+  e.info.bytes = adapter->bytes();
+  e.adapter = std::move(adapter);
+  resident_bytes_ += e.info.bytes;
+  lru_.push_front(e.info.name);
+  e.lru = lru_.begin();
 }
 
 absl::StatusOr<std::string> AdapterRegistry::SpillDirLocked() {
@@ -89,10 +102,13 @@ absl::StatusOr<std::string> AdapterRegistry::SpillDirLocked() {
 
 void AdapterRegistry::EvictLocked(const std::string& keep) {
   if (options_.budget_bytes <= 0) return;
-  for (auto it = lru_.rbegin(); it != lru_.rend() && resident_bytes_ > options_.budget_bytes; ++it) {
+  // lru_ holds the resident entries only, least recent last.
+  auto it = lru_.end();
+  while (it != lru_.begin() && resident_bytes_ > options_.budget_bytes) {
+    --it;
     if (*it == keep) continue;
     Entry& e = entries_.at(*it);
-    if (e.adapter == nullptr || e.info.pinned) continue;
+    if (e.info.pinned) continue;
     if (e.info.source_dir.empty()) {
       // No files to reload from: write the adapter out first (PEFT format).
       auto dir = SpillDirLocked();
@@ -106,6 +122,7 @@ void AdapterRegistry::EvictLocked(const std::string& keep) {
     resident_bytes_ -= e.info.bytes;
     e.info.resident = false;
     e.adapter.reset();  // forwards holding it keep it alive
+    it = lru_.erase(it);
     ++evictions_;
   }
 }
@@ -117,12 +134,14 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterRegistry::Get(const st
     auto it = entries_.find(name);
     if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
     ++it->second.info.uses;
-    Touch(name);
+    Touch(it->second);
     if (it->second.adapter != nullptr) return it->second.adapter;
     dir = it->second.info.source_dir;
   }
   // Reload outside the lock; another thread may do the same, the first to finish wins.
+  const absl::Time start = absl::Now();
   auto loaded = LoraAdapter::Load(name, dir, model_, base_weight_, options_.load);
+  const double took = absl::ToDoubleSeconds(absl::Now() - start);
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(name);
   if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " was deleted"));
@@ -132,11 +151,9 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterRegistry::Get(const st
                         absl::StrCat("reloading evicted adapter ", name, ": ", loaded.status().message()));
   }
   std::shared_ptr<const LoraAdapter> adapter = *std::move(loaded);
-  it->second.adapter = adapter;
-  it->second.info.resident = true;
-  it->second.info.bytes = adapter->bytes();
-  resident_bytes_ += adapter->bytes();
+  MakeResidentLocked(it->second, adapter);
   ++reloads_;
+  reload_seconds_ += took;
   EvictLocked(name);
   return adapter;
 }
@@ -148,9 +165,11 @@ absl::Status AdapterRegistry::Delete(const std::string& name) {
   if (it->second.info.pinned) {
     return absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is merged; unmerge it before deleting"));
   }
-  if (it->second.adapter != nullptr) resident_bytes_ -= it->second.info.bytes;
+  if (it->second.adapter != nullptr) {
+    resident_bytes_ -= it->second.info.bytes;
+    lru_.erase(it->second.lru);
+  }
   entries_.erase(it);
-  lru_.remove(name);
   return absl::OkStatus();
 }
 
@@ -160,6 +179,23 @@ absl::Status AdapterRegistry::SetPinned(const std::string& name, bool pinned) {
   if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
   it->second.info.pinned = pinned;
   if (!pinned) EvictLocked("");
+  return absl::OkStatus();
+}
+
+absl::Status AdapterRegistry::PinAs(const std::string& name, std::shared_ptr<const LoraAdapter> adapter) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+  Entry& e = it->second;
+  if (e.adapter != adapter) {
+    if (e.adapter != nullptr) {
+      resident_bytes_ -= e.info.bytes;
+      lru_.erase(e.lru);
+    }
+    MakeResidentLocked(e, std::move(adapter));
+  }
+  e.info.pinned = true;
+  EvictLocked(name);
   return absl::OkStatus();
 }
 
@@ -202,6 +238,43 @@ int64_t AdapterRegistry::evictions() const {
 int64_t AdapterRegistry::reloads() const {
   absl::MutexLock lock(&mu_);
   return reloads_;
+}
+
+double AdapterRegistry::reload_seconds() const {
+  absl::MutexLock lock(&mu_);
+  return reload_seconds_;
+}
+
+int64_t AdapterRegistry::size() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(entries_.size());
+}
+
+AdapterCounts AdapterRegistry::Counts() const {
+  absl::MutexLock lock(&mu_);
+  AdapterCounts c;
+  for (const auto& [name, e] : entries_) {
+    if (e.info.pinned) {
+      ++c.merged;
+    } else if (e.adapter != nullptr) {
+      ++c.resident;
+    } else if (e.info.registered_only) {
+      ++c.not_loaded;
+    } else {
+      ++c.evicted;
+    }
+  }
+  return c;
+}
+
+absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterRegistry::GetIfResident(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+  if (it->second.adapter == nullptr) return std::shared_ptr<const LoraAdapter>();
+  ++it->second.info.uses;
+  Touch(it->second);
+  return it->second.adapter;
 }
 
 }  // namespace loraserve::core

@@ -13,6 +13,9 @@ namespace loraserve::core {
 
 struct AdapterLoadOptions {
   int64_t max_rank = 256;
+  // Storage dtype of linear modules' lora_A / lora_B: "float32" or "bfloat16" (products still
+  // accumulate in float32). Embedding LoRA, biases and DoRA vectors stay float32.
+  std::string dtype = "float32";
 };
 
 struct AdapterRegistryOptions {
@@ -28,8 +31,11 @@ struct AdapterInfo {
   std::string name;
   std::string source_dir;  // "" for in-memory adapters that were never spilled
   bool resident = false;
+  // Registered (AdapterRegistry::Load with register_only) and not resident since: no weights in
+  // memory yet; the first Get loads them.
+  bool registered_only = false;
   bool pinned = false;     // merged adapters are pinned (never evicted)
-  int64_t bytes = 0;       // tensor bytes when resident
+  int64_t bytes = 0;       // tensor bytes when resident (also known while not resident)
   int64_t max_rank = 0;
   std::vector<int64_t> ranks;             // per module, in module order
   std::vector<std::string> target_modules;
@@ -38,6 +44,14 @@ struct AdapterInfo {
   std::string base_model_name_or_path;
   std::vector<std::string> warnings;      // e.g. base model mismatch
   int64_t uses = 0;                       // Get() calls
+};
+
+// How many adapters are in each state (AdapterRegistry::Counts).
+struct AdapterCounts {
+  int64_t resident = 0;    // weights in memory, not merged
+  int64_t evicted = 0;     // dropped under the budget
+  int64_t not_loaded = 0;  // registered only, never needed since
+  int64_t merged = 0;      // pinned (always resident)
 };
 
 enum class CombinationType {

@@ -35,8 +35,8 @@ absl::Status CheckScaling(const std::string& adapter, const LoraConfig& config, 
     return Invalid(adapter, absl::StrCat("module \"", m.name, "\": scaling ", m.scaling, " from ", source,
                                          std::isfinite(m.scaling) ? " is above 1e30" : " is not finite"));
   }
-  const double gain = std::abs(m.scaling) * m.a.abs().sum(1).max().item<double>() *
-                      m.b.abs().sum(1).max().item<double>();
+  const double gain = std::abs(m.scaling) * m.a.to(at::kFloat).abs().sum(1).max().item<double>() *
+                      m.b.to(at::kFloat).abs().sum(1).max().item<double>();
   if (!(gain <= kMaxGain)) {
     return Invalid(adapter, absl::StrCat("module \"", m.name, "\": scaling ", m.scaling, " from ", source,
                                          " times its lora_A and lora_B makes a delta that overflows the compute dtype "
@@ -70,7 +70,7 @@ struct ModuleTensors {
 }  // namespace
 
 at::Tensor LoraModule::Delta() const {
-  at::Tensor d = at::matmul(b, a) * scaling;
+  at::Tensor d = at::matmul(b.to(at::kFloat), a.to(at::kFloat)) * scaling;
   return is_embedding() ? d.t().contiguous() : d;
 }
 
@@ -232,6 +232,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
   absl::Status status = CallTorch("validating adapter " + name, [&]() -> absl::Status {
     c10::InferenceMode guard;
     const auto f32 = at::TensorOptions().dtype(at::kFloat).device(model.options().device);
+    const at::ScalarType weight_dtype = options.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
     auto finite = [&](const at::Tensor& t, const std::string& what) -> absl::Status {
       if (!at::isfinite(t).all().item<bool>()) {
         return Invalid(name, absl::StrCat(what, " contains NaN or Inf"));
@@ -322,8 +323,10 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
           return Invalid(name, absl::StrCat(module, " has rank ", r, " but the config says ", m.rank));
         }
         m.linear_id = lm->id;
-        m.a = mt.a.to(f32).contiguous();
-        m.b = mt.b.to(f32).contiguous();
+        // Stored in the adapter dtype (bfloat16 halves memory and reads); every product with
+        // them accumulates in float32.
+        m.a = mt.a.to(f32).to(weight_dtype).contiguous();
+        m.b = mt.b.to(f32).to(weight_dtype).contiguous();
         if (mt.bias.defined() != config.lora_bias) {
           return Invalid(name, absl::StrCat("module \"", module, "\": lora_B.bias ",
                                             mt.bias.defined() ? "present but lora_bias is false"
@@ -341,7 +344,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
         if (mt.magnitude.defined()) {
           LORASERVE_RETURN_IF_ERROR(shape_is(mt.magnitude, {lm->out_features}, module + ".lora_magnitude_vector"));
           m.magnitude = mt.magnitude.to(f32).contiguous();
-          at::Tensor w = base_weight(lm->id).to(at::kFloat) + at::matmul(m.b, m.a) * m.scaling;
+          at::Tensor w = base_weight(lm->id).to(at::kFloat) + m.Delta();
           m.dora_scale = (m.magnitude / w.norm(2, {1})).contiguous();
           adapter->has_dora_ = true;
         }
@@ -417,8 +420,9 @@ std::vector<std::pair<std::string, at::Tensor>> LoraAdapter::PeftTensors() const
       if (embedding_base_.defined()) out.emplace_back(p + m.name + ".base_layer.weight", embedding_base_);
       continue;
     }
-    out.emplace_back(p + m.name + ".lora_A.weight", m.a);
-    out.emplace_back(p + m.name + ".lora_B.weight", m.b);
+    // Written as float32 whatever the adapter dtype (PEFT's own default).
+    out.emplace_back(p + m.name + ".lora_A.weight", m.a.to(at::kFloat));
+    out.emplace_back(p + m.name + ".lora_B.weight", m.b.to(at::kFloat));
     if (m.lora_bias.defined()) out.emplace_back(p + m.name + ".lora_B.bias", m.lora_bias);
     if (m.magnitude.defined()) out.emplace_back(p + m.name + ".lora_magnitude_vector", m.magnitude);
   }

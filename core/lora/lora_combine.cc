@@ -242,22 +242,24 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> CombineAdapters(
         // sources without this module stay zero (padded at the end).
         std::vector<at::Tensor> as, bs;
         for (size_t k = 0; k < found.size(); ++k) {
-          as.push_back(found[k]->a * c[k]);
-          bs.push_back(found[k]->b);
+          as.push_back(found[k]->a.to(at::kFloat) * c[k]);
+          bs.push_back(found[k]->b.to(at::kFloat));
         }
         at::Tensor a_cat = at::cat(as, 0), b_cat = at::cat(bs, 1);
         if (a_cat.size(0) > new_rank) {
           return absl::InvalidArgumentError(absl::StrCat("combine: module ", module, " has total rank ",
                                                          a_cat.size(0), " above the cat rank ", new_rank));
         }
-        a_new = at::zeros({new_rank, first.a.size(1)}, first.a.options());
-        b_new = at::zeros({first.b.size(0), new_rank}, first.b.options());
+        a_new = at::zeros({new_rank, first.a.size(1)}, a_cat.options());
+        b_new = at::zeros({first.b.size(0), new_rank}, b_cat.options());
         a_new.narrow(0, 0, a_cat.size(0)).copy_(a_cat);
         b_new.narrow(1, 0, b_cat.size(1)).copy_(b_cat);
       } else if (svd) {
         // D = merge_fn(s_i·B_i·A_i; w_i), then truncated SVD: B' = U_k·diag(S_k), A' = V_kᵀ.
         std::vector<at::Tensor> deltas;
-        for (const LoraModule* m : found) deltas.push_back(at::matmul(m->b, m->a) * m->scaling);
+        for (const LoraModule* m : found) {
+          deltas.push_back(at::matmul(m->b.to(at::kFloat), m->a.to(at::kFloat)) * m->scaling);
+        }
         at::Tensor d = Merge(MergeFnOf(type), deltas, w, options.density, options.majority_sign_method, gen);
         auto [u, s, vh] = at::linalg_svd(d, /*full_matrices=*/false);
         const int64_t k = std::min<int64_t>(new_rank, s.size(0));
@@ -280,8 +282,8 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> CombineAdapters(
         std::vector<at::Tensor> as, bs;
         std::vector<double> wa, wb;
         for (size_t k = 0; k < found.size(); ++k) {
-          as.push_back(found[k]->a);
-          bs.push_back(found[k]->b);
+          as.push_back(found[k]->a.to(at::kFloat));
+          bs.push_back(found[k]->b.to(at::kFloat));
           const double root = std::sqrt(std::abs(c[k]));
           wa.push_back(c[k] < 0 ? -root : root);
           wb.push_back(root);

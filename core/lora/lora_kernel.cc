@@ -26,7 +26,10 @@ class GatherLoraKernel : public LoraKernel {
       const RowSet& rows = *s.rows;
       at::Tensor xs = Rows(x, rows);
       if (!fp32) xs = xs.to(at::kFloat);
-      at::Tensor d = at::mm(at::mm(xs, s.a->t()), s.b->t());
+      // bfloat16 adapter weights: the products still run (and accumulate) in float32.
+      const at::Tensor a = s.a->scalar_type() == at::kFloat ? *s.a : s.a->to(at::kFloat);
+      const at::Tensor b = s.b->scalar_type() == at::kFloat ? *s.b : s.b->to(at::kFloat);
+      at::Tensor d = at::mm(at::mm(xs, a.t()), b.t());
       if (s.kind != SegmentKind::kAdd) {
         ApplyDora(s, d, y);
         continue;
@@ -91,8 +94,9 @@ class CpuLoraKernel : public LoraKernel {
       const LoraSegment& s = segments[i];
       const RowSet& rows = *s.rows;
       if (rows.size() == 0) continue;
+      const at::ScalarType wt = s.a->scalar_type();
       if (rows.size() > kMaxFusedRows || !s.a->is_contiguous() || !s.b->is_contiguous() ||
-          s.a->scalar_type() != at::kFloat || s.b->scalar_type() != at::kFloat) {
+          (wt != at::kFloat && wt != at::kBFloat16) || s.b->scalar_type() != wt) {
         large.push_back(s);
         continue;
       }
@@ -142,22 +146,32 @@ class CpuLoraKernel : public LoraKernel {
         for (int64_t o = 0; o < out; ++o) acc[o] = ToFloat(yr[o]);
         for (size_t e = starts[static_cast<size_t>(k)]; e < starts[static_cast<size_t>(k) + 1]; ++e) {
           const LoraSegment& s = segments[static_cast<size_t>(entries[e].second)];
-          const int64_t rank = s.a->size(0);
-          const float* a = s.a->data_ptr<float>();
-          const float* b = s.b->data_ptr<float>();
-          const float scale = static_cast<float>(s.scale);
-          t.resize(static_cast<size_t>(rank));
-          for (int64_t j = 0; j < rank; ++j) t[j] = Dot(xf.data(), a + j * in, in);
-          const float* bias = s.bias != nullptr ? s.bias->data_ptr<float>() : nullptr;
-          for (int64_t o = 0; o < out; ++o) {
-            float d = Dot(t.data(), b + o * rank, rank);
-            if (bias != nullptr) d += bias[o];
-            acc[o] += scale * d;
+          if (s.a->scalar_type() == at::kFloat) {
+            AddOne(s, s.a->data_ptr<float>(), s.b->data_ptr<float>(), xf, t, acc, in, out);
+          } else {
+            AddOne(s, s.a->data_ptr<c10::BFloat16>(), s.b->data_ptr<c10::BFloat16>(), xf, t, acc, in, out);
           }
         }
         for (int64_t o = 0; o < out; ++o) yr[o] = static_cast<T>(acc[o]);
       }
     });
+  }
+
+  // acc += scale·(B·(A·x) + bias) for one row, A and B of weight type W (float or bfloat16),
+  // accumulated in float.
+  template <typename W>
+  static void AddOne(const LoraSegment& s, const W* a, const W* b, const std::vector<float>& xf,
+                     std::vector<float>& t, std::vector<float>& acc, int64_t in, int64_t out) {
+    const int64_t rank = s.a->size(0);
+    const float scale = static_cast<float>(s.scale);
+    t.resize(static_cast<size_t>(rank));
+    for (int64_t j = 0; j < rank; ++j) t[j] = Dot(xf.data(), a + j * in, in);
+    const float* bias = s.bias != nullptr ? s.bias->data_ptr<float>() : nullptr;
+    for (int64_t o = 0; o < out; ++o) {
+      float d = Dot(t.data(), b + o * rank, rank);
+      if (bias != nullptr) d += bias[o];
+      acc[o] += scale * d;
+    }
   }
 
   GatherLoraKernel gather_;

@@ -627,6 +627,30 @@ TEST_F(SmallAdapterBudgetTest, EvictedAdaptersAreListedAndReloadTransparently) {
   EXPECT_EQ(second.residency, Residency::kEvicted);
 }
 
+TEST_F(SmallAdapterBudgetTest, RegisteredAdaptersLoadOnFirstUseAndCountInMetrics) {
+  ASSERT_OK_AND_ASSIGN(AdapterInfo reg, client().RegisterAdapter("qv_r4", "qv_r4/adapter"));
+  EXPECT_EQ(reg.residency, Residency::kNotLoaded);
+  EXPECT_EQ(reg.bytes, 0);
+  EXPECT_FALSE(reg.checksum.empty());
+  ASSERT_OK_AND_ASSIGN(auto not_loaded, env_->Metric("loraserve_adapters", {{"state", "ready"}, {"residency", "not_loaded"}}));
+  EXPECT_EQ(not_loaded, 1.0);
+  // Registering the same files again is idempotent, as for loads.
+  ASSERT_OK_AND_ASSIGN(AdapterInfo again, client().RegisterAdapter("qv_r4", "qv_r4/adapter"));
+  EXPECT_TRUE(again.already_loaded);
+  EXPECT_LE(AllcloseExcess(Logits("qv_r4", "qv_r4", 0), FixtureTensor("qv_r4", "logits.adapter.p0")), kLogitsAtol);
+  ASSERT_OK_AND_ASSIGN(AdapterInfo used, client().GetAdapter("qv_r4"));
+  EXPECT_EQ(used.residency, Residency::kResident);
+  EXPECT_GT(used.bytes, 0);
+  ASSERT_OK_AND_ASSIGN(auto loads, env_->Metric("loraserve_adapter_loads_total"));
+  EXPECT_EQ(loads, 1.0);
+  ASSERT_OK_AND_ASSIGN(auto misses, env_->Metric("loraserve_adapter_misses_total"));
+  EXPECT_EQ(misses, 1.0);
+  ASSERT_OK_AND_ASSIGN(auto seconds, env_->Metric("loraserve_adapter_load_seconds_total"));
+  EXPECT_GT(seconds, 0.0);
+  ASSERT_OK_AND_ASSIGN(auto waiting, env_->Metric("loraserve_adapter_load_waiting"));
+  EXPECT_EQ(waiting, 0.0);
+}
+
 class NoRootServerTest : public AdapterServiceTest {
   void ModifyOptions(testing::TestServerOptions* o) override { o->server.adapter_root.clear(); }
 };

@@ -64,9 +64,9 @@ class GatedEngine : public core::Engine {
   absl::StatusOr<std::string> ApplyChatTemplate(const core::Json& messages, bool add_generation_prompt) const override {
     return inner_->ApplyChatTemplate(messages, add_generation_prompt);
   }
-  absl::StatusOr<core::AdapterInfo> LoadAdapter(const std::string& name,
-                                                const std::string& dir) override {
-    return inner_->LoadAdapter(name, dir);
+  absl::StatusOr<core::AdapterInfo> LoadAdapter(const std::string& name, const std::string& dir,
+                                                bool register_only) override {
+    return inner_->LoadAdapter(name, dir, register_only);
   }
   absl::Status DeleteAdapter(const std::string& name) override { return inner_->DeleteAdapter(name); }
   absl::StatusOr<core::AdapterInfo> GetAdapter(const std::string& name) const override {

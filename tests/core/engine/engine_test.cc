@@ -5,7 +5,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <filesystem>
 #include <thread>
 #include <vector>
 
@@ -400,6 +405,124 @@ TEST_F(EngineTest, CombineSaveExportAndUnloadAll) {
   EXPECT_TRUE(engine->ListAdapters().empty());
 }
 
+// Registered-only adapters load on first use on the loader threads: the requests of one adapter
+// share its load, get the same tokens as with an eagerly loaded adapter, and a load that hangs
+// holds up only its own adapter's requests.
+TEST_F(EngineTest, RegisteredAdaptersLoadOnFirstUseOffTheEngineThread) {
+  auto engine = Start();
+  ASSERT_NE(engine, nullptr);
+  PeftCase c = LoadPeftCase("qv_r4");
+  ASSERT_OK_AND_ASSIGN(AdapterInfo reg, engine->LoadAdapter("lazy", PeftDir("qv_r4") + "/adapter", /*register_only=*/true));
+  EXPECT_FALSE(reg.resident);
+  EXPECT_TRUE(reg.registered_only);
+  EXPECT_GT(reg.bytes, 0);
+  EXPECT_EQ(engine->stats().adapter_bytes_resident, 0);
+  EXPECT_EQ(engine->stats().adapters.not_loaded, 1);
+  const auto want = Reference("qv_r4", c.prompts[0], 12);
+  std::vector<std::unique_ptr<Outcome>> outs;
+  for (int i = 0; i < 6; ++i) {
+    outs.push_back(std::make_unique<Outcome>());
+    ASSERT_OK(engine->SubmitGenerate(Greedy("lazy", c.prompts[0], 12), outs.back()->Callbacks()).status());
+  }
+  for (auto& o : outs) {
+    o->done.WaitForNotification();
+    ASSERT_OK(o->result.status());
+    EXPECT_EQ(o->result->tokens, want);
+  }
+  EngineStats st = engine->stats();
+  EXPECT_EQ(st.adapter_loads, 1);  // six requests, one load
+  EXPECT_GE(st.adapter_misses, 1);
+  EXPECT_LE(st.adapter_misses, 6);
+  EXPECT_GT(st.adapter_load_seconds, 0);
+  EXPECT_EQ(st.adapter_load_waiting, 0);
+  EXPECT_EQ(st.adapters.resident, 1);
+  ASSERT_OK_AND_ASSIGN(AdapterInfo now, engine->GetAdapter("lazy"));
+  EXPECT_TRUE(now.resident);
+  EXPECT_FALSE(now.registered_only);
+
+  // A Score of a registered-only adapter equals the eagerly loaded adapter's.
+  ASSERT_OK(engine->LoadAdapter("lazy2", PeftDir("qv_r4") + "/adapter", true).status());
+  auto score = [&](const std::string& adapter) {
+    ScoreRequest req;
+    req.adapter = adapter;
+    req.token_ids = c.prompts[1];
+    req.full_logits = true;
+    absl::Notification done;
+    absl::StatusOr<ScoreResult> out = absl::UnknownError("not run");
+    engine->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
+      out = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  };
+  ASSERT_OK_AND_ASSIGN(ScoreResult lazy_score, score("lazy2"));
+  ASSERT_OK_AND_ASSIGN(ScoreResult eager_score, score("lazy"));
+  EXPECT_EQ(lazy_score.logits, eager_score.logits);
+  EXPECT_FALSE(lazy_score.logits.empty());
+  EXPECT_EQ(engine->stats().adapter_loads, 2);
+
+  // A load that hangs (its weights file replaced by a FIFO nobody writes yet) holds up only its
+  // own requests; the base and a resident adapter keep running; the hung one then fails cleanly.
+  const std::string dir = ::testing::TempDir() + "/hanging_adapter";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors"}) {
+    std::filesystem::copy_file(PeftDir("qv_r4") + "/adapter/" + f, dir + "/" + f);
+  }
+  ASSERT_OK(engine->LoadAdapter("hangs", dir, true).status());
+  std::filesystem::remove(dir + "/adapter_model.safetensors");
+  ASSERT_EQ(::mkfifo((dir + "/adapter_model.safetensors").c_str(), 0600), 0);
+  Outcome hung, base, other;
+  ASSERT_OK(engine->SubmitGenerate(Greedy("hangs", c.prompts[0], 5), hung.Callbacks()).status());
+  ASSERT_OK(engine->SubmitGenerate(Greedy("", c.prompts[1], 5), base.Callbacks()).status());
+  ASSERT_OK(engine->SubmitGenerate(Greedy("lazy", c.prompts[2], 5), other.Callbacks()).status());
+  base.done.WaitForNotification();
+  other.done.WaitForNotification();
+  EXPECT_OK(base.result.status());
+  EXPECT_OK(other.result.status());
+  EXPECT_FALSE(hung.done.HasBeenNotified());
+  EXPECT_EQ(engine->stats().adapter_load_waiting, 1);
+  {
+    // Unblock the loader: it reads an empty "file" and refuses it.
+    const int fd = ::open((dir + "/adapter_model.safetensors").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ::close(fd);
+  }
+  hung.done.WaitForNotification();
+  EXPECT_FALSE(hung.result.ok());
+  EXPECT_THAT(hung.result.status().message(), ::testing::HasSubstr("hangs"));
+  EXPECT_EQ(engine->stats().adapter_load_waiting, 0);
+  engine->Shutdown(absl::Now() + absl::Seconds(5));
+}
+
+// Under a budget that holds one adapter, alternating between two registered adapters evicts and
+// reloads every time and the answers stay the same bit for bit.
+TEST_F(EngineTest, TinyAdapterBudgetReloadsOnEveryAlternation) {
+  EngineOptions o;
+  o.adapters.budget_bytes = 1;  // one resident adapter at a time (the one in use)
+  auto engine = Start(o);
+  ASSERT_NE(engine, nullptr);
+  PeftCase c = LoadPeftCase("qv_r4");
+  ASSERT_OK(engine->LoadAdapter("a", PeftDir("qv_r4") + "/adapter", true).status());
+  ASSERT_OK(engine->LoadAdapter("b", PeftDir("qv_r4_b") + "/adapter", true).status());
+  const auto want_a = Reference("qv_r4", c.prompts[0], 6);
+  const auto want_b = Reference("qv_r4_b", c.prompts[0], 6);
+  for (int i = 0; i < 6; ++i) {
+    Outcome o1;
+    const bool is_a = i % 2 == 0;
+    ASSERT_OK(engine->SubmitGenerate(Greedy(is_a ? "a" : "b", c.prompts[0], 6), o1.Callbacks()).status());
+    o1.done.WaitForNotification();
+    ASSERT_OK(o1.result.status());
+    EXPECT_EQ(o1.result->tokens, is_a ? want_a : want_b) << i;
+  }
+  EngineStats st = engine->stats();
+  EXPECT_EQ(st.adapter_loads, 6);
+  EXPECT_GE(st.adapter_evictions, 5);
+  EXPECT_EQ(st.adapters.resident + st.adapters.evicted + st.adapters.not_loaded, 2);
+  EXPECT_LE(st.adapters.resident, 1);
+}
+
 // Device and dtype validation runs before the model loads, so no model is needed.
 TEST(ResolveDeviceTest, CpuNamesAndMalformedNames) {
   EXPECT_THAT(ResolveDevice("cpu"), IsOkAndHolds(std::string("cpu")));
@@ -437,6 +560,12 @@ TEST(EngineOptionsTest, BadDeviceAndDtypeFailCreateBeforeLoading) {
   EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("CUDA devices only")));
   o.dtype = "int8";
   EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("unsupported dtype")));
+  o.dtype = "float32";
+  o.adapters.load.dtype = "int4";
+  EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("unsupported adapter dtype")));
+  o.adapters.load.dtype = "float32";
+  o.adapter_load_threads = 0;
+  EXPECT_THAT(Engine::Create(o), StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("adapter_load_threads")));
 }
 
 }  // namespace

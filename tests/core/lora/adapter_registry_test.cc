@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <iostream>
+#include <random>
 #include <thread>
 
 #include "core/io/file_util.h"
@@ -145,6 +147,71 @@ TEST_F(RegistryTest, ConcurrentGetsUnderEvictionAreSafe) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(failures.load(), 0);
+}
+
+// Registered-only entries hold no weights; 10,000 of them under a budget of a few adapters stay
+// within the budget while a random sample of them is used, and the entries themselves are small.
+TEST_F(RegistryTest, TenThousandRegisteredAdaptersInBoundedMemory) {
+  ASSERT_OK_AND_ASSIGN(auto one, LoraAdapter::Load("x", PeftDir("qv_r4") + "/adapter", *model_, lora_->BaseWeightFn(), {}));
+  const int64_t budget = 4 * one->bytes();
+  auto reg = Make(budget);
+  const std::string dir = PeftDir("qv_r4") + "/adapter";
+  const absl::Time start = absl::Now();
+  constexpr int kAdapters = 10000;
+  for (int i = 0; i < kAdapters; ++i) {
+    ASSERT_OK_AND_ASSIGN(AdapterInfo info, reg->Load("t" + std::to_string(i), dir, /*register_only=*/true));
+    ASSERT_FALSE(info.resident);
+    ASSERT_TRUE(info.registered_only);
+  }
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_EQ(reg->size(), kAdapters);
+  EXPECT_EQ(reg->resident_bytes(), 0);
+  AdapterCounts c = reg->Counts();
+  EXPECT_EQ(c.not_loaded, kAdapters);
+  ASSERT_OK_AND_ASSIGN(auto absent, reg->GetIfResident("t7"));
+  EXPECT_EQ(absent, nullptr);
+  // Zipf-like use of a sample: the budget holds at every step.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> pick(0, kAdapters - 1);
+  for (int k = 0; k < 300; ++k) {
+    const int i = k % 3 == 0 ? k % 5 : pick(rng);
+    ASSERT_OK_AND_ASSIGN(auto a, reg->Get("t" + std::to_string(i)));
+    ASSERT_NE(a, nullptr);
+    ASSERT_LE(reg->resident_bytes(), budget);
+    ASSERT_OK_AND_ASSIGN(auto again, reg->GetIfResident("t" + std::to_string(i)));
+    EXPECT_EQ(again, a);
+  }
+  c = reg->Counts();
+  EXPECT_LE(c.resident, 4);
+  EXPECT_GT(c.evicted, 0);
+  EXPECT_EQ(c.resident + c.evicted + c.not_loaded, kAdapters);
+  EXPECT_GT(reg->reloads(), 0);
+  EXPECT_GT(reg->reload_seconds(), 0);
+  // Deleting works for every state.
+  ASSERT_OK(reg->Delete("t9999"));
+  ASSERT_OK(reg->Delete("t0"));
+  EXPECT_EQ(reg->size(), kAdapters - 2);
+  std::cout << "registered " << kAdapters << " adapters in " << absl::FormatDuration(took) << "\n";
+}
+
+TEST_F(RegistryTest, BfloatAdaptersHalveTheBytesAndKeepTheResults) {
+  AdapterLoadOptions bf16;
+  bf16.dtype = "bfloat16";
+  ASSERT_OK_AND_ASSIGN(auto f, LoraAdapter::Load("f", PeftDir("qv_r4") + "/adapter", *model_, lora_->BaseWeightFn(), {}));
+  ASSERT_OK_AND_ASSIGN(auto h, LoraAdapter::Load("h", PeftDir("qv_r4") + "/adapter", *model_, lora_->BaseWeightFn(), bf16));
+  EXPECT_EQ(h->bytes() * 2, f->bytes());
+  for (const LoraModule& m : h->modules()) {
+    EXPECT_EQ(m.a.scalar_type(), at::kBFloat16);
+    EXPECT_EQ(m.b.scalar_type(), at::kBFloat16);
+  }
+  // Saved as float32: a bf16 adapter written out and read back is the same adapter.
+  const std::string dir = testing::MakeTempDir();
+  ASSERT_OK(SaveAdapter(*h, dir));
+  ASSERT_OK_AND_ASSIGN(auto back, LoraAdapter::Load("h", dir, *model_, lora_->BaseWeightFn(), bf16));
+  for (size_t i = 0; i < h->modules().size(); ++i) {
+    EXPECT_TRUE(at::equal(back->modules()[i].a, h->modules()[i].a));
+    EXPECT_TRUE(at::equal(back->modules()[i].b, h->modules()[i].b));
+  }
 }
 
 }  // namespace

@@ -73,5 +73,32 @@ TEST(LoraKernelTest, CpuKernelMatchesGatherKernel) {
   }
 }
 
+// bf16-stored adapter weights (--adapter_dtype=bfloat16): both kernels compute with them in fp32
+// and agree with the fp32 computation on the same (rounded) weights, small and large segments.
+TEST(LoraKernelTest, BfloatWeightsAccumulateInFloat) {
+  at::manual_seed(11);
+  const int64_t rows = 24, in = 40, out = 36;
+  const at::Tensor a16 = at::randn({8, in}).to(at::kBFloat16), b16 = at::randn({out, 8}).to(at::kBFloat16);
+  const at::Tensor a32 = a16.to(at::kFloat), b32 = b16.to(at::kFloat);
+  const at::Tensor bias = at::randn({out});
+  std::vector<RowSet> sets = {{0, 1, {}, {}}, {1, 6, {}, {}}, {6, 24, {}, {}},
+                              {0, 0, at::tensor({2, 7, 20}, at::kLong), {}}};
+  std::vector<LoraSegment> s16, s32;
+  for (size_t i = 0; i < sets.size(); ++i) {
+    s16.push_back({&sets[i], &a16, &b16, i == 1 ? &bias : nullptr, 0.5 + static_cast<double>(i)});
+    s32.push_back({&sets[i], &a32, &b32, i == 1 ? &bias : nullptr, 0.5 + static_cast<double>(i)});
+  }
+  const at::Tensor x = at::randn({rows, in});
+  const at::Tensor y0 = at::randn({rows, out});
+  at::Tensor want = y0.clone();
+  MakeGatherLoraKernel()->AddSegments(x, want, s32);
+  for (const auto& kernel : {MakeCpuLoraKernel(), MakeGatherLoraKernel()}) {
+    at::Tensor got = y0.clone();
+    kernel->AddSegments(x, got, s16);
+    EXPECT_GT((got - y0).abs().max().item<double>(), 1.0);
+    EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
+  }
+}
+
 }  // namespace
 }  // namespace loraserve::core

@@ -82,6 +82,40 @@ TEST_F(LoraFixtureTest, UnmergedAdapterLogitsMatchPeft) {
   }
 }
 
+// --adapter_dtype=bfloat16 (issue 13 item 4): lora_A / lora_B stored in bf16, products in fp32.
+// The fidelity it keeps, per fixture: max |logits − PEFT's fp32 logits|, printed beside the size
+// of the adapter's own effect (max |adapter logits − base logits|) and the fp32 path's error.
+TEST_F(LoraFixtureTest, BfloatAdapterWeightsKeepPeftFidelity) {
+  AdapterLoadOptions bf16;
+  bf16.dtype = "bfloat16";
+  double worst = 0;
+  for (const std::string& name : kSingleCases) {
+    SCOPED_TRACE(name);
+    Case c = LoadCase(name);
+    ASSERT_OK_AND_ASSIGN(AdapterPtr a, LoraAdapter::Load(name, PeftDir(name) + "/adapter", *model_,
+                                                         lora_->BaseWeightFn(), bf16));
+    ASSERT_OK_AND_ASSIGN(AdapterPtr f, Load(name));
+    double diff = 0, diff32 = 0, effect = 0;
+    for (size_t i = 0; i < c.prompts.size(); ++i) {
+      const at::Tensor want = c.expected.at("logits.adapter.p" + std::to_string(i)).to(at::kFloat);
+      const at::Tensor base = c.expected.at("logits.base.p" + std::to_string(i)).to(at::kFloat);
+      diff = std::max(diff, (ScoreOrDie(c.prompts[i], a) - want).abs().max().item<double>());
+      diff32 = std::max(diff32, (ScoreOrDie(c.prompts[i], f) - want).abs().max().item<double>());
+      effect = std::max(effect, (want - base).abs().max().item<double>());
+    }
+    std::printf("bf16 adapter %-22s max|diff| %.2e (fp32 adapter %.2e; adapter effect %.2e, %.2f%% of it)\n",
+                name.c_str(), diff, diff32, effect, 100 * diff / std::max(effect, 1e-30));
+    worst = std::max(worst, diff / std::max(effect, 1e-30));
+    // bf16 rounds each weight by up to 2^-9 relative: the error stays within 2% of the effect
+    // (measured 0.1% to 0.5%), except on all_linear_r8_rslora, the fixture whose own fp32
+    // computations already disagree by a few 1e-4 (peft_device_test): every linear adapted at
+    // rsLoRA scaling amplifies the rounding through the layers, measured 5.6%, bound 8%.
+    const double bound = name == "all_linear_r8_rslora" ? 0.08 : 0.02;
+    EXPECT_LE(diff, bound * effect + c.atol);
+  }
+  std::printf("bf16 adapters: worst error %.2f%% of the adapter's effect\n", 100 * worst);
+}
+
 // Merge → merged weights equal PEFT's, merged logits equal the UNMERGED adapter logits, base and
 // other adapters unchanged while merged; unmerge → checkpoint tensors bit for bit.
 TEST_F(LoraFixtureTest, MergeUnmergeConformance) {
