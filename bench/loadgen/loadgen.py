@@ -553,6 +553,9 @@ def parse_args(argv):
     ap.add_argument("--out", help="write the JSON report here")
     ap.add_argument("--plot", help="sweep: write the PNG plot here (default: --out with .png)")
     ap.add_argument("--fail_on_error", action="store_true", help="exit 1 on any RPC error or score mismatch")
+    ap.add_argument("--require_positive", action="append", default=[], metavar="METRIC",
+                    help="with --fail_on_error: exit 1 unless the server's loraserve_adapter* METRIC grew "
+                         "during the run (e.g. loraserve_adapter_evictions_total: the budget bit)")
     a = ap.parse_args(argv)
     a.prompt_len, a.max_prompt = a.prompt_len
     a.output_len, a.max_output = a.output_len
@@ -613,6 +616,13 @@ def main(argv=None):
             json.dump(doc, f, indent=1)
         print(f"report: {args.out}")
     bad = sum(r["errors_total"] + r["score_mismatches"] for r in runs)
+    for r in runs:
+        before, after = r.get("metrics_before") or {}, r.get("metrics_after") or {}
+        for name in args.require_positive:
+            grew = after.get(name, {}).get("sum", 0) - before.get(name, {}).get("sum", 0)
+            if grew <= 0:
+                print(f"loadgen: {name} did not grow in the run with {r['adapters']} adapters", file=sys.stderr)
+                bad += 1
     return 1 if args.fail_on_error and bad else 0
 
 
