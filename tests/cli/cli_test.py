@@ -154,7 +154,8 @@ def run_with_tty_stderr(argv, env):
 
 # ---- scenarios ------------------------------------------------------------------------------------
 
-ALL_COMMANDS = ["adapters list", "adapters get", "adapters load", "adapters upload", "adapters delete",
+ALL_COMMANDS = ["adapters list", "adapters get", "adapters load", "adapters register", "adapters upload",
+                "adapters delete",
                 "adapters merge", "adapters unmerge", "adapters combine", "adapters save",
                 "adapters export", "adapters unload-all", "generate", "score", "tokenize",
                 "detokenize", "health", "metrics"]
@@ -248,6 +249,22 @@ def tokenize_detokenize(cli):
     doc = cli.error(INVALID_ARGUMENT, "detokenize", "999999")
     check(doc["code"] == "INVALID_ARGUMENT", f"detokenize out of vocabulary {doc}")
     return ids
+
+
+def register(cli):
+    """adapters register: validated, weights not kept; the first request loads them."""
+    r = cli("adapters", "register", "lazy-qv", "demo-qv").out
+    check(r.startswith("registered lazy-qv: ready, not_loaded, rank "), f"register:\n{r}")
+    got = cli.json("adapters", "get", "lazy-qv")["adapter"]
+    check(got["residency"] == "not_loaded" and got["bytes"] == 0 and len(got["checksum"]) == 64, f"get {got}")
+    again = cli.json("adapters", "register", "lazy-qv", "demo-qv")
+    check(again["already_loaded"] is True, f"register again {again}")
+    lazy = cli.json("score", "--adapter", "lazy-qv", "--token_ids", "1,2,3")["token_logprobs"]
+    eager = cli.json("score", "--adapter", "demo-qv", "--token_ids", "1,2,3")["token_logprobs"]
+    check(lazy == eager, f"registered adapter scores {lazy} vs loaded {eager}")
+    got = cli.json("adapters", "get", "lazy-qv")["adapter"]
+    check(got["residency"] == "resident" and got["bytes"] > 0, f"get after use {got}")
+    cli("adapters", "delete", "lazy-qv")
 
 
 def load_list_get(cli):
@@ -641,6 +658,7 @@ def main():
                      ("health, connection errors", lambda: health_and_connection(cli, args.loractl)),
                      ("tokenize / detokenize", lambda: prompt_ids.extend(tokenize_detokenize(cli))),
                      ("adapters load / list / get", lambda: load_list_get(cli)),
+                     ("adapters register", lambda: register(cli)),
                      ("generate / score", lambda: generate_and_score(cli, prompt_ids)),
                      ("adapters merge / unmerge", lambda: merge_unmerge(cli)),
                      ("adapters combine", lambda: combine(cli)),
