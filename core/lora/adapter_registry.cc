@@ -73,6 +73,7 @@ absl::StatusOr<AdapterInfo> AdapterRegistry::Insert(std::shared_ptr<const LoraAd
   }
   Entry& entry = entries_.emplace(name, std::move(e)).first->second;
   if (keep_weights) MakeResidentLocked(entry, std::move(adapter));
+  Count(entry, +1);
   EvictLocked(name);
   return entry.info;
 }
@@ -121,7 +122,9 @@ void AdapterRegistry::EvictLocked(const std::string& keep) {
     }
     resident_bytes_ -= e.info.bytes;
     e.info.resident = false;
+    Count(e, -1);
     e.adapter.reset();  // forwards holding it keep it alive
+    Count(e, +1);
     it = lru_.erase(it);
     ++evictions_;
   }
@@ -151,7 +154,9 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterRegistry::Get(const st
                         absl::StrCat("reloading evicted adapter ", name, ": ", loaded.status().message()));
   }
   std::shared_ptr<const LoraAdapter> adapter = *std::move(loaded);
+  Count(it->second, -1);
   MakeResidentLocked(it->second, adapter);
+  Count(it->second, +1);
   ++reloads_;
   reload_seconds_ += took;
   EvictLocked(name);
@@ -169,6 +174,7 @@ absl::Status AdapterRegistry::Delete(const std::string& name) {
     resident_bytes_ -= it->second.info.bytes;
     lru_.erase(it->second.lru);
   }
+  Count(it->second, -1);
   entries_.erase(it);
   return absl::OkStatus();
 }
@@ -177,7 +183,9 @@ absl::Status AdapterRegistry::SetPinned(const std::string& name, bool pinned) {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(name);
   if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
+  Count(it->second, -1);
   it->second.info.pinned = pinned;
+  Count(it->second, +1);
   if (!pinned) EvictLocked("");
   return absl::OkStatus();
 }
@@ -187,6 +195,7 @@ absl::Status AdapterRegistry::PinAs(const std::string& name, std::shared_ptr<con
   auto it = entries_.find(name);
   if (it == entries_.end()) return absl::NotFoundError(absl::StrCat("adapter ", name, " not found"));
   Entry& e = it->second;
+  Count(e, -1);
   if (e.adapter != adapter) {
     if (e.adapter != nullptr) {
       resident_bytes_ -= e.info.bytes;
@@ -195,6 +204,7 @@ absl::Status AdapterRegistry::PinAs(const std::string& name, std::shared_ptr<con
     MakeResidentLocked(e, std::move(adapter));
   }
   e.info.pinned = true;
+  Count(e, +1);
   EvictLocked(name);
   return absl::OkStatus();
 }
@@ -221,6 +231,7 @@ bool AdapterRegistry::Contains(const std::string& name) const {
 void AdapterRegistry::Clear() {
   absl::MutexLock lock(&mu_);
   entries_.clear();
+  counts_ = AdapterCounts();
   lru_.clear();
   resident_bytes_ = 0;
 }
@@ -252,19 +263,15 @@ int64_t AdapterRegistry::size() const {
 
 AdapterCounts AdapterRegistry::Counts() const {
   absl::MutexLock lock(&mu_);
-  AdapterCounts c;
-  for (const auto& [name, e] : entries_) {
-    if (e.info.pinned) {
-      ++c.merged;
-    } else if (e.adapter != nullptr) {
-      ++c.resident;
-    } else if (e.info.registered_only) {
-      ++c.not_loaded;
-    } else {
-      ++c.evicted;
-    }
-  }
-  return c;
+  return counts_;
+}
+
+void AdapterRegistry::Count(const Entry& e, int delta) {
+  int64_t& n = e.info.pinned            ? counts_.merged
+               : e.adapter != nullptr   ? counts_.resident
+               : e.info.registered_only ? counts_.not_loaded
+                                        : counts_.evicted;
+  n += delta;
 }
 
 absl::StatusOr<std::shared_ptr<const LoraAdapter>> AdapterRegistry::GetIfResident(const std::string& name) {

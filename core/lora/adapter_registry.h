@@ -83,6 +83,8 @@ class AdapterRegistry {
                                      std::vector<std::string> warnings, bool register_only);
   void Touch(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeResidentLocked(Entry& e, std::shared_ptr<const LoraAdapter> adapter) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds `delta` to the count of e's state (call with −1 before changing it, +1 after).
+  void Count(const Entry& e, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts LRU entries until within budget, never `keep`.
   void EvictLocked(const std::string& keep) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::string> SpillDirLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -97,6 +99,7 @@ class AdapterRegistry {
   int64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reloads_ ABSL_GUARDED_BY(mu_) = 0;
   double reload_seconds_ ABSL_GUARDED_BY(mu_) = 0;
+  AdapterCounts counts_ ABSL_GUARDED_BY(mu_);  // kept up to date by Count
   std::string spill_dir_ ABSL_GUARDED_BY(mu_);
   bool own_spill_dir_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -191,6 +191,19 @@ TEST_F(RegistryTest, TenThousandRegisteredAdaptersInBoundedMemory) {
   ASSERT_OK(reg->Delete("t9999"));
   ASSERT_OK(reg->Delete("t0"));
   EXPECT_EQ(reg->size(), kAdapters - 2);
+  // The counts kept on every transition equal a recount of the entries.
+  ASSERT_OK(reg->SetPinned("t1", true));
+  AdapterCounts recount;
+  for (const AdapterInfo& info : reg->List()) {
+    ++(info.pinned ? recount.merged : info.resident ? recount.resident : info.registered_only ? recount.not_loaded
+                                                                                              : recount.evicted);
+  }
+  c = reg->Counts();
+  EXPECT_EQ(c.merged, recount.merged);
+  EXPECT_EQ(c.resident, recount.resident);
+  EXPECT_EQ(c.evicted, recount.evicted);
+  EXPECT_EQ(c.not_loaded, recount.not_loaded);
+  EXPECT_EQ(c.merged + c.resident + c.evicted + c.not_loaded, kAdapters - 2);
   std::cout << "registered " << kAdapters << " adapters in " << absl::FormatDuration(took) << "\n";
 }
 
