@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -92,6 +93,14 @@ void AdapterRegistry::MakeResidentLocked(Entry& e, std::shared_ptr<const LoraAda
   e.lru = lru_.begin();
 }
 
+void AdapterRegistry::DropWeightsLocked(Entry& e) {
+  if (e.adapter == nullptr) return;
+  resident_bytes_ -= e.info.bytes;
+  lru_.erase(e.lru);
+  e.adapter.reset();
+  e.info.resident = false;
+}
+
 absl::StatusOr<std::string> AdapterRegistry::SpillDirLocked() {
   if (!spill_dir_.empty()) return spill_dir_;
   std::string templ = "/tmp/loraserve-spill-XXXXXX";
@@ -120,12 +129,11 @@ void AdapterRegistry::EvictLocked(const std::string& keep) {
       if (!SaveAdapter(*e.adapter, path).ok()) continue;
       e.info.source_dir = path;
     }
-    resident_bytes_ -= e.info.bytes;
-    e.info.resident = false;
+    const auto next = std::next(it);  // DropWeightsLocked erases `it` from lru_
     Count(e, -1);
-    e.adapter.reset();  // forwards holding it keep it alive
+    DropWeightsLocked(e);  // forwards holding the adapter keep it alive
     Count(e, +1);
-    it = lru_.erase(it);
+    it = next;
     ++evictions_;
   }
 }
@@ -170,11 +178,8 @@ absl::Status AdapterRegistry::Delete(const std::string& name) {
   if (it->second.info.pinned) {
     return absl::FailedPreconditionError(absl::StrCat("adapter ", name, " is merged; unmerge it before deleting"));
   }
-  if (it->second.adapter != nullptr) {
-    resident_bytes_ -= it->second.info.bytes;
-    lru_.erase(it->second.lru);
-  }
   Count(it->second, -1);
+  DropWeightsLocked(it->second);
   entries_.erase(it);
   return absl::OkStatus();
 }
@@ -197,10 +202,7 @@ absl::Status AdapterRegistry::PinAs(const std::string& name, std::shared_ptr<con
   Entry& e = it->second;
   Count(e, -1);
   if (e.adapter != adapter) {
-    if (e.adapter != nullptr) {
-      resident_bytes_ -= e.info.bytes;
-      lru_.erase(e.lru);
-    }
+    DropWeightsLocked(e);
     MakeResidentLocked(e, std::move(adapter));
   }
   e.info.pinned = true;

@@ -83,6 +83,8 @@ class AdapterRegistry {
                                      std::vector<std::string> warnings, bool register_only);
   void Touch(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MakeResidentLocked(Entry& e, std::shared_ptr<const LoraAdapter> adapter) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The reverse: weights dropped (no-op when not resident), out of lru_ and resident_bytes_.
+  void DropWeightsLocked(Entry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds `delta` to the count of e's state (call with −1 before changing it, +1 after).
   void Count(const Entry& e, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Evicts LRU entries until within budget, never `keep`.

@@ -287,7 +287,7 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
   absl::Status status = CallTorch("validating adapter " + name, [&]() -> absl::Status {
     c10::InferenceMode guard;
     const auto f32 = at::TensorOptions().dtype(at::kFloat).device(model.options().device);
-    const at::ScalarType weight_dtype = options.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+    const auto weights = f32.dtype(options.dtype == "bfloat16" ? at::kBFloat16 : at::kFloat);
     auto finite = [&](const at::Tensor& t, const std::string& what) -> absl::Status {
       if (!Scan(t).finite) {
         return Invalid(name, absl::StrCat(what, " contains NaN or Inf"));
@@ -380,8 +380,8 @@ absl::StatusOr<std::shared_ptr<const LoraAdapter>> LoraAdapter::FromTensors(
         m.linear_id = lm->id;
         // Stored in the adapter dtype (bfloat16 halves memory and reads); every product with
         // them accumulates in float32.
-        m.a = mt.a.to(f32).to(weight_dtype).contiguous();
-        m.b = mt.b.to(f32).to(weight_dtype).contiguous();
+        m.a = mt.a.to(weights).contiguous();
+        m.b = mt.b.to(weights).contiguous();
         if (mt.bias.defined() != config.lora_bias) {
           return Invalid(name, absl::StrCat("module \"", module, "\": lora_B.bias ",
                                             mt.bias.defined() ? "present but lora_bias is false"

@@ -4,8 +4,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 #include <utility>
 
 #include "core/model/cpu_dot.h"
@@ -69,39 +67,17 @@ class GatherLoraKernel : public LoraKernel {
   }
 };
 
+using cpu::Dot;
 using cpu::ToFloat;
 
-// bfloat16 bits → float (exact: the top half of the float).
-inline float Bf16Bits(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline float ToFloatW(float v) { return v; }
-inline float ToFloatW(uint16_t v) { return Bf16Bits(v); }
-
-template <typename W>
-inline float DotW(const float* p, const W* q, int64_t n) {
-  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int k = 0; k < 8; ++k) part[k] += p[i + k] * ToFloatW(q[i + k]);
-  }
-  float sum = 0;
-  for (; i < n; ++i) sum += p[i] * ToFloatW(q[i]);
-  for (int k = 0; k < 8; ++k) sum += part[k];
-  return sum;
-}
-
 // acc[0, out) += scale·(B·(A·x) + bias) for one row; A [rank, in] and B [out, rank] of weight type
-// W (float, or bfloat16 bits), accumulated in float; t has room for rank floats.
+// W (float or bfloat16), accumulated in float; t has room for rank floats.
 template <typename W>
 inline void AddRow(const float* x, const W* a, const W* b, const float* bias, float scale, int64_t rank,
                    int64_t in, int64_t out, float* t, float* acc) {
-  for (int64_t j = 0; j < rank; ++j) t[j] = DotW(x, a + j * in, in);
+  for (int64_t j = 0; j < rank; ++j) t[j] = Dot(x, a + j * in, in);
   for (int64_t o = 0; o < out; ++o) {
-    float d = DotW(t, b + o * rank, rank);
+    float d = Dot(t, b + o * rank, rank);
     if (bias != nullptr) d += bias[o];
     acc[o] += scale * d;
   }
@@ -189,11 +165,10 @@ class CpuLoraKernel : public LoraKernel {
           const float scale = static_cast<float>(s.scale);
           if (s.a->scalar_type() == at::kFloat) {
             AddRow(xf.data(), s.a->data_ptr<float>(), s.b->data_ptr<float>(), bias, scale, rank, in, out,
-                      t.data(), acc.data());
+                   t.data(), acc.data());
           } else {
-            AddRow(xf.data(), reinterpret_cast<const uint16_t*>(s.a->data_ptr<c10::BFloat16>()),
-                       reinterpret_cast<const uint16_t*>(s.b->data_ptr<c10::BFloat16>()), bias, scale, rank, in,
-                       out, t.data(), acc.data());
+            AddRow(xf.data(), s.a->data_ptr<c10::BFloat16>(), s.b->data_ptr<c10::BFloat16>(), bias, scale, rank,
+                   in, out, t.data(), acc.data());
           }
         }
         for (int64_t o = 0; o < out; ++o) yr[o] = static_cast<T>(acc[o]);
