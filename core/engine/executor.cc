@@ -2,7 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <utility>
+#include <vector>
 
 #include "core/base/status_macros.h"
 #include "core/base/torch_status.h"
@@ -78,26 +82,35 @@ absl::StatusOr<ScoreResult> Executor::Score(const ScoreRequest& request,
                                             const std::shared_ptr<const LoraAdapter>& adapter) {
   LORASERVE_ASSIGN_OR_RETURN(at::Tensor logits, lora_->Score(request.token_ids, adapter));
   return CallTorch("scoring", [&]() {
+    // Plain loops over the float rows: a few dozen tiny LibTorch operators (log_softmax, topk,
+    // element reads) cost more than the forward of a short request on a small model.
     ScoreResult r;
-    at::Tensor cpu = logits.to(at::kCPU).contiguous();
+    at::Tensor cpu = logits.to(at::kCPU).to(at::kFloat).contiguous();
     r.num_tokens = cpu.size(0);
     r.vocab_size = cpu.size(1);
-    if (request.full_logits) {
-      r.logits.assign(cpu.data_ptr<float>(), cpu.data_ptr<float>() + cpu.numel());
-    }
-    at::Tensor logp = at::log_softmax(cpu, -1);
-    for (int64_t t = 0; t + 1 < r.num_tokens; ++t) {
-      r.token_logprobs.push_back(logp[t][request.token_ids[t + 1]].item<float>());
-    }
-    if (request.top_logprobs > 0) {
-      auto [values, indices] = at::topk(logp, request.top_logprobs, -1);
-      for (int64_t t = 0; t < r.num_tokens; ++t) {
-        std::vector<TokenLogprob> row;
-        for (int64_t k = 0; k < request.top_logprobs; ++k) {
-          row.push_back({static_cast<int32_t>(indices[t][k].item<int64_t>()), values[t][k].item<float>()});
-        }
-        r.top.push_back(std::move(row));
-      }
+    const float* data = cpu.data_ptr<float>();
+    if (request.full_logits) r.logits.assign(data, data + cpu.numel());
+    const int64_t vocab = r.vocab_size;
+    const int64_t k = std::min<int64_t>(request.top_logprobs, vocab);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    for (int64_t t = 0; t < r.num_tokens; ++t) {
+      const float* row = data + t * vocab;
+      // log_softmax as ATen computes it: x − max − log Σ exp(x − max).
+      const float max_logit = *std::max_element(row, row + vocab);
+      float total = 0;
+      for (int64_t i = 0; i < vocab; ++i) total += std::exp(row[i] - max_logit);
+      const float log_total = std::log(total);
+      auto logprob = [&](int32_t i) { return (row[i] - max_logit) - log_total; };
+      if (t + 1 < r.num_tokens) r.token_logprobs.push_back(logprob(request.token_ids[t + 1]));
+      if (k == 0) continue;
+      std::iota(order.begin(), order.end(), 0);
+      // Highest first; equal logits by lower token id.
+      std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int32_t a, int32_t b) {
+        return row[a] > row[b] || (row[a] == row[b] && a < b);
+      });
+      std::vector<TokenLogprob> top;
+      for (int64_t j = 0; j < k; ++j) top.push_back({order[j], logprob(order[j])});
+      r.top.push_back(std::move(top));
     }
     return r;
   });

@@ -1,5 +1,7 @@
 #include "core/lora/lora_compose.h"
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 namespace loraserve::core {
@@ -71,6 +73,14 @@ at::Tensor ComposeEmbedding(const at::Tensor& e0, const std::vector<const LoraAd
   return e.to(e0.scalar_type()).contiguous();
 }
 
-bool AllFinite(const at::Tensor& t) { return !t.defined() || at::isfinite(t).all().item<bool>(); }
+bool AllFinite(const at::Tensor& t) {
+  if (!t.defined()) return true;
+  if (t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {
+    // One pass without temporaries (the idle Score path checks every logit).
+    const float* p = t.data_ptr<float>();
+    return std::all_of(p, p + t.numel(), [](float v) { return std::isfinite(v); });
+  }
+  return at::isfinite(t).all().item<bool>();
+}
 
 }  // namespace loraserve::core

@@ -363,7 +363,9 @@ absl::StatusOr<at::Tensor> LoraModel::Score(absl::Span<const int32_t> tokens,
                                             const std::shared_ptr<const LoraAdapter>& adapter) const {
   // The hooks only need the batch's shape: one sequence of tokens.size() rows.
   const SequenceInput shape{0, std::vector<int32_t>(tokens.begin(), tokens.end())};
-  auto hooks = MakeHooks(absl::MakeConstSpan(&shape, 1), {adapter});
+  // The base with nothing merged needs no hooks (and may take the model's small CPU forward).
+  std::unique_ptr<ForwardHooks> hooks;
+  if (adapter != nullptr || !state_->merged.empty()) hooks = MakeHooks(absl::MakeConstSpan(&shape, 1), {adapter});
   LORASERVE_ASSIGN_OR_RETURN(at::Tensor logits, model_->Score(tokens, hooks.get()));
   // Never hand out NaN/Inf logits (an adapter whose products overflow at run time): this request
   // fails, nothing else does.

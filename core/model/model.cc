@@ -15,6 +15,7 @@
 #include "core/io/json_file.h"
 #include "core/io/tensor_io.h"
 #include "core/model/decode_attention.h"
+#include "core/model/small_forward.h"
 
 namespace loraserve::core {
 namespace {
@@ -496,7 +497,76 @@ absl::StatusOr<at::Tensor> Model::Forward(absl::Span<const SequenceInput> batch,
   });
 }
 
+// Work bound of the small forward: tokens × parameters multiply-adds (16M: ~60 tokens of a
+// 260K-parameter model, ~1 ms on one core); above it the LibTorch forward's dispatch cost is small
+// beside the arithmetic, and its GEMMs use every thread.
+constexpr int64_t kSmallForwardMaxWork = int64_t{16} << 20;
+constexpr int64_t kSmallForwardMaxTokens = 64;
+
+bool Model::ScoresInPlainLoops(int64_t num_tokens) const {
+  return options_.small_cpu_forward && options_.device.is_cpu() && options_.dtype == at::kFloat &&
+         num_tokens > 0 && num_tokens <= kSmallForwardMaxTokens &&
+         num_tokens * num_parameters_ <= kSmallForwardMaxWork && config_.hidden_act == "silu";
+}
+
+absl::StatusOr<at::Tensor> Model::ScoreSmall(absl::Span<const int32_t> tokens) const {
+  const ModelConfig& c = config_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence 0 would reach ", n,
+                                                   " tokens, past max_position_embeddings ",
+                                                   c.max_position_embeddings));
+  }
+  for (const int32_t t : tokens) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  return CallTorch("forward", [&]() -> at::Tensor {
+    // Merges may replace weight tensors: every pointer is taken now, and a tensor that is not a
+    // contiguous float32 CPU one sends the call to the LibTorch forward.
+    bool plain = true;
+    auto ptr = [&plain](const at::Tensor& t) -> const float* {
+      if (!t.defined()) return nullptr;
+      if (t.scalar_type() != at::kFloat || !t.is_cpu() || !t.is_contiguous()) {
+        plain = false;
+        return nullptr;
+      }
+      return t.data_ptr<float>();
+    };
+    auto linear = [&](int id) {
+      const LinearModule& lm = linears_[id];
+      return SmallLinear{ptr(lm.weight), ptr(lm.bias), lm.in_features, lm.out_features};
+    };
+    SmallModelView view;
+    view.hidden = c.hidden_size;
+    view.heads = c.num_attention_heads;
+    view.kv_heads = c.num_key_value_heads;
+    view.head_dim = c.head_dim;
+    view.vocab = c.vocab_size;
+    view.sliding_window = c.sliding_window;
+    view.rms_norm_eps = static_cast<float>(c.rms_norm_eps);
+    view.embedding = ptr(embed_);
+    view.final_norm = ptr(final_norm_);
+    view.rope_cos = ptr(rope_cos_);
+    view.rope_sin = ptr(rope_sin_);
+    for (const Layer& l : layers_) {
+      view.layers.push_back({ptr(l.input_norm), ptr(l.post_norm), linear(l.q), linear(l.k), linear(l.v),
+                             linear(l.o), linear(l.gate), linear(l.up), linear(l.down)});
+    }
+    view.head = linear(linears_.back().id);
+    if (!plain) return at::Tensor();
+    at::Tensor logits = at::empty({n, c.vocab_size}, at::kFloat);
+    SmallScore(view, tokens.data(), n, logits.data_ptr<float>());
+    return logits;
+  });
+}
+
 absl::StatusOr<at::Tensor> Model::Score(absl::Span<const int32_t> tokens, ForwardHooks* hooks) const {
+  if (hooks == nullptr && ScoresInPlainLoops(static_cast<int64_t>(tokens.size()))) {
+    LORASERVE_ASSIGN_OR_RETURN(at::Tensor logits, ScoreSmall(tokens));
+    if (logits.defined()) return logits;
+  }
   KvCache cache(config_, options_);
   LORASERVE_RETURN_IF_ERROR(cache.AddSequence(0));
   SequenceInput in{0, std::vector<int32_t>(tokens.begin(), tokens.end())};

@@ -29,6 +29,10 @@ struct ModelOptions {
   // (core/model/decode_attention.h) instead of per-sequence LibTorch ops. Same results up to float
   // rounding; off = the per-sequence path (kept for other devices and for comparison).
   bool fused_decode_attention = true;
+  // Score without adapter hooks runs short requests on small float32 CPU models through plain
+  // loops (core/model/small_forward.h) instead of ~50 LibTorch operators per layer: the idle
+  // Score latency. Same results up to float rounding; off = always the LibTorch forward.
+  bool small_cpu_forward = true;
 };
 
 // One linear layer, addressed by its Hugging Face module path
@@ -141,6 +145,8 @@ class Model {
   // Scores one token sequence from scratch (no persistent cache): [tokens.size(), vocab] float32.
   absl::StatusOr<at::Tensor> Score(absl::Span<const int32_t> tokens,
                                    ForwardHooks* hooks = nullptr) const;
+  // True when Score(tokens) without hooks takes the small CPU forward (see ModelOptions).
+  bool ScoresInPlainLoops(int64_t num_tokens) const;
 
   const ModelConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
@@ -166,6 +172,7 @@ class Model {
   absl::Status Init(const std::map<std::string, at::Tensor>& tensors);
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w) const;
   at::Tensor ApplyLinear(const LinearModule& m, const at::Tensor& x, ForwardHooks* hooks) const;
+  absl::StatusOr<at::Tensor> ScoreSmall(absl::Span<const int32_t> tokens) const;
 
   struct Layer {
     at::Tensor input_norm, post_norm;

@@ -535,6 +535,58 @@ TEST_F(EngineTest, TinyAdapterBudgetReloadsOnEveryAlternation) {
 }
 
 // Device and dtype validation runs before the model loads, so no model is needed.
+// Issue 13 item 8: on an idle engine a short base Score runs on the caller's thread (no hand-off
+// to the engine thread); while a Generate is in flight it is queued between steps as before. Both
+// give the same result bit for bit, and PEFT's base logits.
+TEST_F(EngineTest, IdleScoreRunsOnTheCallersThreadAndBusyScoreBetweenSteps) {
+  auto engine = Start();
+  ASSERT_NE(engine, nullptr);
+  PeftCase c = LoadPeftCase("qv_r4");
+  ScoreRequest req;
+  req.token_ids = c.prompts[1];
+  req.full_logits = true;
+  req.top_logprobs = 2;
+  auto score = [&](std::thread::id* thread) {
+    absl::Notification done;
+    absl::StatusOr<ScoreResult> out;
+    engine->SubmitScore(req, [&](absl::StatusOr<ScoreResult> r) {
+      *thread = std::this_thread::get_id();
+      out = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return out;
+  };
+  std::thread::id idle_thread, busy_thread;
+  ASSERT_OK_AND_ASSIGN(ScoreResult idle, score(&idle_thread));
+  EXPECT_EQ(idle_thread, std::this_thread::get_id());
+  at::Tensor logits = at::from_blob(idle.logits.data(), {idle.num_tokens, idle.vocab_size}, at::kFloat);
+  EXPECT_LE(AllcloseExcess(logits, c.expected.at("logits.base.p1")), c.atol);
+  at::Tensor logp = at::log_softmax(c.expected.at("logits.base.p1"), -1);
+  for (size_t t = 0; t + 1 < req.token_ids.size(); ++t) {
+    EXPECT_NEAR(idle.token_logprobs[t], logp[t][req.token_ids[t + 1]].item<float>(), 1e-4) << t;
+  }
+  auto [values, indices] = at::topk(logp, 2, -1);
+  for (int64_t t = 0; t < idle.num_tokens; ++t) {
+    ASSERT_EQ(idle.top[t].size(), 2u);
+    EXPECT_EQ(idle.top[t][0].id, indices[t][0].item<int64_t>()) << t;
+    EXPECT_NEAR(idle.top[t][0].logprob, values[t][0].item<float>(), 1e-4) << t;
+  }
+  // A long generation keeps the engine busy: the Score waits for a step boundary.
+  Outcome gen;
+  auto greedy = Greedy("", {1}, 400);
+  ASSERT_OK(engine->SubmitGenerate(greedy, gen.Callbacks()).status());
+  while (engine->stats().running == 0 && !gen.done.HasBeenNotified()) absl::SleepFor(absl::Microseconds(100));
+  ASSERT_FALSE(gen.done.HasBeenNotified());
+  ASSERT_OK_AND_ASSIGN(ScoreResult busy, score(&busy_thread));
+  EXPECT_NE(busy_thread, std::this_thread::get_id());
+  EXPECT_EQ(busy.logits, idle.logits);
+  EXPECT_EQ(busy.token_logprobs, idle.token_logprobs);
+  gen.done.WaitForNotification();
+  ASSERT_OK(gen.result.status());
+  EXPECT_EQ(gen.result->tokens, Reference("", {1}, 400));
+}
+
 TEST(ResolveDeviceTest, CpuNamesAndMalformedNames) {
   EXPECT_THAT(ResolveDevice("cpu"), IsOkAndHolds(std::string("cpu")));
   EXPECT_THAT(ResolveDevice("cpu:0"), IsOkAndHolds(std::string("cpu")));

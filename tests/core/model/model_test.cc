@@ -4,7 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstdio>
+#include <map>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -399,6 +401,116 @@ TEST(ModelArchTest, SlidingWindowAttention) {
   json["model_type"] = "llama";
   ASSERT_OK_AND_ASSIGN(ModelConfig llama, ModelConfig::FromJson(json, "llama"));
   EXPECT_EQ(llama.sliding_window, 0);
+}
+
+}  // namespace
+}  // namespace loraserve::core
+
+namespace loraserve::core {
+namespace {
+
+// Random Hugging Face-named tensors for `c` (biases where the config asks for them).
+std::map<std::string, at::Tensor> RandomTensors(const ModelConfig& c, bool tied) {
+  at::manual_seed(7);
+  std::map<std::string, at::Tensor> t;
+  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+  auto add = [&](const std::string& name, int64_t out, int64_t in, bool bias) {
+    t[name + ".weight"] = at::randn({out, in}) / std::sqrt(static_cast<double>(in));
+    if (bias) t[name + ".bias"] = at::randn({out}) * 0.1;
+  };
+  t["model.embed_tokens.weight"] = at::randn({c.vocab_size, h});
+  t["model.norm.weight"] = 1 + 0.1 * at::randn({h});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    t[p + "input_layernorm.weight"] = 1 + 0.1 * at::randn({h});
+    t[p + "post_attention_layernorm.weight"] = 1 + 0.1 * at::randn({h});
+    add(p + "self_attn.q_proj", q, h, c.attention_bias);
+    add(p + "self_attn.k_proj", kv, h, c.attention_bias);
+    add(p + "self_attn.v_proj", kv, h, c.attention_bias);
+    add(p + "self_attn.o_proj", h, q, c.o_proj_bias);
+    add(p + "mlp.gate_proj", c.intermediate_size, h, c.mlp_bias);
+    add(p + "mlp.up_proj", c.intermediate_size, h, c.mlp_bias);
+    add(p + "mlp.down_proj", h, c.intermediate_size, c.mlp_bias);
+  }
+  if (!tied) t["lm_head.weight"] = at::randn({c.vocab_size, h}) / std::sqrt(static_cast<double>(h));
+  return t;
+}
+
+// The plain-loop Score (ModelOptions::small_cpu_forward) against the LibTorch forward on shapes
+// that exercise its edges: sizes not multiples of the vector width or the 4-row block, GQA,
+// head_dim set apart from hidden/heads, llama3 rope scaling, every bias, a sliding window, an
+// untied head, lengths 1 to the limit; and when it does not apply.
+TEST(ModelArchTest, SmallCpuForwardMatchesTheLibTorchForward) {
+  Json base = {{"model_type", "llama"}, {"hidden_size", 60}, {"intermediate_size", 90},
+               {"num_hidden_layers", 2}, {"num_attention_heads", 6}, {"num_key_value_heads", 2},
+               {"head_dim", 12}, {"vocab_size", 101}, {"max_position_embeddings", 128},
+               {"rms_norm_eps", 1e-5}};
+  std::vector<std::pair<std::string, Json>> cases;
+  cases.emplace_back("odd sizes, GQA", base);
+  Json scaled = base;
+  scaled["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                            {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
+  scaled["head_dim"] = 32;
+  scaled["tie_word_embeddings"] = true;
+  cases.emplace_back("llama3 rope, head_dim 32, tied head", scaled);
+  Json biased = base;
+  biased["attention_bias"] = true;
+  biased["mlp_bias"] = true;
+  cases.emplace_back("attention and mlp biases", biased);
+  Json windowed = base;
+  windowed["model_type"] = "mistral";
+  windowed["sliding_window"] = 5;
+  windowed["hidden_size"] = 64;
+  windowed["head_dim"] = 16;
+  cases.emplace_back("mistral window 5", windowed);
+  for (const auto& [what, json] : cases) {
+    SCOPED_TRACE(what);
+    ASSERT_OK_AND_ASSIGN(ModelConfig cfg, ModelConfig::FromJson(json, what));
+    const auto tensors = RandomTensors(cfg, cfg.tie_word_embeddings);
+    ModelOptions plain_opts;
+    plain_opts.small_cpu_forward = false;
+    ASSERT_OK_AND_ASSIGN(auto small, Model::FromTensors(cfg, tensors, ModelOptions(), "s"));
+    ASSERT_OK_AND_ASSIGN(auto plain, Model::FromTensors(cfg, tensors, plain_opts, "p"));
+    for (const int64_t n : {1, 2, 3, 9, 17, 64}) {
+      ASSERT_TRUE(small->ScoresInPlainLoops(n)) << n;
+      ASSERT_FALSE(plain->ScoresInPlainLoops(n));
+      std::vector<int32_t> ids;
+      for (int64_t i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>((i * 37 + 5) % cfg.vocab_size));
+      ASSERT_OK_AND_ASSIGN(at::Tensor a, small->Score(ids));
+      ASSERT_OK_AND_ASSIGN(at::Tensor b, plain->Score(ids));
+      ASSERT_EQ(a.sizes(), b.sizes());
+      EXPECT_LE(MaxDiff(a, b), 1e-4 * std::max(1.0, b.abs().max().item<double>())) << n << " tokens";
+    }
+    EXPECT_FALSE(small->ScoresInPlainLoops(65));
+    EXPECT_FALSE(small->ScoresInPlainLoops(0));
+    // The same errors as the LibTorch forward.
+    EXPECT_THAT(small->Score({1, static_cast<int32_t>(cfg.vocab_size)}),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the vocabulary")));
+    EXPECT_THAT(small->Score({-1}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("outside the vocabulary")));
+  }
+  // bfloat16 models and models past the work bound keep the LibTorch forward.
+  ASSERT_OK_AND_ASSIGN(ModelConfig cfg, ModelConfig::FromJson(base, "b"));
+  ModelOptions bf16;
+  bf16.dtype = at::kBFloat16;
+  ASSERT_OK_AND_ASSIGN(auto bf, Model::FromTensors(cfg, RandomTensors(cfg, false), bf16, "bf16"));
+  EXPECT_FALSE(bf->ScoresInPlainLoops(3));
+  Json big = base;
+  big["hidden_size"] = 1024;
+  big["intermediate_size"] = 2048;
+  big["num_attention_heads"] = 8;
+  big["num_key_value_heads"] = 8;
+  big["head_dim"] = 128;
+  big["num_hidden_layers"] = 1;  // ~10.7M parameters: one token within the bound, two past it
+  ASSERT_OK_AND_ASSIGN(ModelConfig big_cfg, ModelConfig::FromJson(big, "big"));
+  ASSERT_OK_AND_ASSIGN(auto large, Model::FromTensors(big_cfg, RandomTensors(big_cfg, false), ModelOptions(), "big"));
+  EXPECT_TRUE(large->ScoresInPlainLoops(1));
+  EXPECT_FALSE(large->ScoresInPlainLoops(2));
+}
+
+// The built-in checkpoint through the plain loops matches PEFT's base logits like the LibTorch
+// forward (FullForwardMatchesPeftBaseLogits runs it: Score takes the plain loops by default).
+TEST_F(ModelFixtureTest, ScoreOfTheFixtureTakesThePlainLoops) {
+  for (const Prompt& p : prompts_) EXPECT_TRUE(model_->ScoresInPlainLoops(static_cast<int64_t>(p.ids.size())));
 }
 
 }  // namespace
