@@ -6,6 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <type_traits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -60,14 +65,80 @@ ValueScan ScanRows(const T* p, int64_t rows, int64_t cols) {
   return out;
 }
 
+#if defined(__x86_64__)
+// ScanRows with AVX2: eight lanes and two accumulators per row (the portable loop above is SSE2,
+// and the scan was half of an adapter's load time). float32 or bfloat16 (widened by a shift).
+template <typename T>
+__attribute__((target("avx2"))) __m256 Load8(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_loadu_ps(p);
+  } else {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+}
+
+template <typename T>
+__attribute__((target("avx2"))) ValueScan ScanRowsAvx2(const T* p, int64_t rows, int64_t cols) {
+  ValueScan out;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 bad = _mm256_setzero_ps();
+  float bad_tail = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = p + r * cols;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= cols; i += 16) {
+      const __m256 v0 = Load8(row + i), v1 = Load8(row + i + 8);
+      s0 = _mm256_add_ps(s0, _mm256_and_ps(v0, abs_mask));
+      s1 = _mm256_add_ps(s1, _mm256_and_ps(v1, abs_mask));
+      bad = _mm256_add_ps(bad, _mm256_add_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)));
+    }
+    for (; i + 8 <= cols; i += 8) {
+      const __m256 v = Load8(row + i);
+      s0 = _mm256_add_ps(s0, _mm256_and_ps(v, abs_mask));
+      bad = _mm256_add_ps(bad, _mm256_sub_ps(v, v));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_add_ps(s0, s1));
+    float sum = 0;
+    for (float l : lanes) sum += l;
+    for (; i < cols; ++i) {
+      const float v = static_cast<float>(row[i]);
+      sum += std::fabs(v);
+      bad_tail += v - v;
+    }
+    out.max_row_abs_sum = std::max(out.max_row_abs_sum, static_cast<double>(sum));
+  }
+  const bool lanes_ok = _mm256_movemask_ps(_mm256_cmp_ps(bad, bad, _CMP_UNORD_Q)) == 0;
+  out.finite = lanes_ok && bad_tail == 0;
+  return out;
+}
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+template <typename T>
+ValueScan ScanRowsFast(const T* p, int64_t rows, int64_t cols) {
+  return HasAvx2() ? ScanRowsAvx2(p, rows, cols) : ScanRows(p, rows, cols);
+}
+#else
+template <typename T>
+ValueScan ScanRowsFast(const T* p, int64_t rows, int64_t cols) {
+  return ScanRows(p, rows, cols);
+}
+#endif
+
 // The loader's checks read every value once (ATen's isfinite + abs + sum + max read each tensor
 // four times through temporaries: the bulk of an adapter's load time).
 ValueScan Scan(const at::Tensor& t) {
   const int64_t rows = t.dim() >= 2 ? t.size(0) : 1;
   const int64_t cols = rows > 0 ? t.numel() / rows : 0;
   if (t.device().is_cpu() && t.is_contiguous() && t.dim() <= 2) {
-    if (t.scalar_type() == at::kFloat) return ScanRows(t.data_ptr<float>(), rows, cols);
-    if (t.scalar_type() == at::kBFloat16) return ScanRows(t.data_ptr<c10::BFloat16>(), rows, cols);
+    if (t.scalar_type() == at::kFloat) return ScanRowsFast(t.data_ptr<float>(), rows, cols);
+    if (t.scalar_type() == at::kBFloat16) return ScanRowsFast(t.data_ptr<c10::BFloat16>(), rows, cols);
   }
   ValueScan out;
   const at::Tensor f = t.to(at::kFloat).reshape({rows, cols});

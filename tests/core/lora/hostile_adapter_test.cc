@@ -98,6 +98,42 @@ TEST_F(HostileAdapterTest, NonFiniteWeightsAreRefusedByName) {
                                 AllOf(HasSubstr("model.layers.1.self_attn.v_proj.lora_B"), HasSubstr("NaN or Inf"))));
 }
 
+// The load-time scan reads values in 16- and 8-wide blocks and a scalar tail (AVX2 where the CPU
+// has it): a NaN or Inf anywhere, in either storage dtype, is found. Ranks 20 and 24 put lora_B's
+// rows (r columns) into block + tail and block + 8-block shapes; lora_A's rows are 64 wide.
+TEST_F(HostileAdapterTest, NonFiniteWeightsAreFoundAtEveryPositionAndDtype) {
+  const std::string v1 = std::string(kPeftPrefix) + "model.layers.1.self_attn.v_proj";
+  for (const char* dtype : {"float32", "bfloat16"}) {
+    for (const int64_t r : {20, 24}) {
+      cfg_.r = r;
+      cfg_.lora_alpha = 2 * r;
+      AdapterLoadOptions options;
+      options.dtype = dtype;
+      auto load = [&](const std::map<std::string, at::Tensor>& t) {
+        return LoraAdapter::FromTensors("hostile", cfg_, t, *model_, lora_->BaseWeightFn(), options);
+      };
+      ASSERT_OK(load(Weights()).status()) << dtype << " r " << r;
+      for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()}) {
+        for (const int64_t col : {int64_t{0}, int64_t{15}, int64_t{16}, r - 1}) {
+          auto t = Weights();
+          t[v1 + ".lora_B.weight"][5][col] = bad;
+          EXPECT_THAT(load(t), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        AllOf(HasSubstr("v_proj.lora_B"), HasSubstr("NaN or Inf"))))
+              << dtype << " r " << r << " col " << col << " " << bad;
+        }
+        for (const int64_t col : {int64_t{0}, int64_t{9}, int64_t{63}}) {
+          auto t = Weights();
+          t[v1 + ".lora_A.weight"][r - 1][col] = bad;
+          EXPECT_THAT(load(t), StatusIs(absl::StatusCode::kInvalidArgument,
+                                        AllOf(HasSubstr("v_proj.lora_A"), HasSubstr("NaN or Inf"))))
+              << dtype << " r " << r << " col " << col << " " << bad;
+        }
+      }
+    }
+  }
+}
+
 TEST_F(HostileAdapterTest, DoraWithAZeroWeightNormIsRefused) {
   // W + s·B·A = 0 on row 0 of layer 0's q_proj: B·A = −W/s there, so the DoRA norm is 0.
   cfg_.use_dora = true;
