@@ -6,11 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
-#include <type_traits>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -19,6 +14,7 @@
 #include "core/io/file_util.h"
 #include "core/io/json_file.h"
 #include "core/io/tensor_io.h"
+#include "core/model/cpu_dot.h"
 
 namespace loraserve::core {
 namespace {
@@ -65,21 +61,11 @@ ValueScan ScanRows(const T* p, int64_t rows, int64_t cols) {
   return out;
 }
 
-#if defined(__x86_64__)
+#ifdef LORASERVE_CPU_AVX2
 // ScanRows with AVX2: eight lanes and two accumulators per row (the portable loop above is SSE2,
 // and the scan was half of an adapter's load time). float32 or bfloat16 (widened by a shift).
 template <typename T>
-__attribute__((target("avx2"))) __m256 Load8(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    return _mm256_loadu_ps(p);
-  } else {
-    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-  }
-}
-
-template <typename T>
-__attribute__((target("avx2"))) ValueScan ScanRowsAvx2(const T* p, int64_t rows, int64_t cols) {
+LORASERVE_TARGET_AVX2 ValueScan ScanRowsAvx2(const T* p, int64_t rows, int64_t cols) {
   ValueScan out;
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 bad = _mm256_setzero_ps();
@@ -89,13 +75,13 @@ __attribute__((target("avx2"))) ValueScan ScanRowsAvx2(const T* p, int64_t rows,
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= cols; i += 16) {
-      const __m256 v0 = Load8(row + i), v1 = Load8(row + i + 8);
+      const __m256 v0 = cpu::Load8(row + i), v1 = cpu::Load8(row + i + 8);
       s0 = _mm256_add_ps(s0, _mm256_and_ps(v0, abs_mask));
       s1 = _mm256_add_ps(s1, _mm256_and_ps(v1, abs_mask));
       bad = _mm256_add_ps(bad, _mm256_add_ps(_mm256_sub_ps(v0, v0), _mm256_sub_ps(v1, v1)));
     }
     for (; i + 8 <= cols; i += 8) {
-      const __m256 v = Load8(row + i);
+      const __m256 v = cpu::Load8(row + i);
       s0 = _mm256_add_ps(s0, _mm256_and_ps(v, abs_mask));
       bad = _mm256_add_ps(bad, _mm256_sub_ps(v, v));
     }
@@ -115,14 +101,9 @@ __attribute__((target("avx2"))) ValueScan ScanRowsAvx2(const T* p, int64_t rows,
   return out;
 }
 
-bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
-}
-
 template <typename T>
 ValueScan ScanRowsFast(const T* p, int64_t rows, int64_t cols) {
-  return HasAvx2() ? ScanRowsAvx2(p, rows, cols) : ScanRows(p, rows, cols);
+  return cpu::HasAvx2Fma() ? ScanRowsAvx2(p, rows, cols) : ScanRows(p, rows, cols);
 }
 #else
 template <typename T>

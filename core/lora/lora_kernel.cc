@@ -83,6 +83,71 @@ inline void AddRow(const float* x, const W* a, const W* b, const float* bias, fl
   }
 }
 
+#ifdef LORASERVE_CPU_AVX2
+// AddRow with AVX2 + FMA: the shrink four rows of A at a time (four accumulators sharing each x
+// load), the expand four outputs at a time over B's rank-wide rows, bf16 widened in registers.
+template <typename W>
+LORASERVE_TARGET_AVX2 void AddRowAvx2(const float* x, const W* a, const W* b, const float* bias, float scale,
+                                      int64_t rank, int64_t in, int64_t out, float* t, float* acc) {
+  using cpu::Load8;
+  const int64_t in8 = in & ~int64_t{7};
+  int64_t j = 0;
+  for (; j + 4 <= rank; j += 4) {
+    const W* a0 = a + j * in;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < in8; i += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + i);
+      s0 = _mm256_fmadd_ps(Load8(a0 + i), xv, s0);
+      s1 = _mm256_fmadd_ps(Load8(a0 + in + i), xv, s1);
+      s2 = _mm256_fmadd_ps(Load8(a0 + 2 * in + i), xv, s2);
+      s3 = _mm256_fmadd_ps(Load8(a0 + 3 * in + i), xv, s3);
+    }
+    _mm_storeu_ps(t + j, cpu::Sum4(s0, s1, s2, s3));
+    for (int64_t i = in8; i < in; ++i) {
+      for (int r = 0; r < 4; ++r) t[j + r] += x[i] * ToFloat(a0[r * in + i]);
+    }
+  }
+  for (; j < rank; ++j) t[j] = Dot(x, a + j * in, in);
+  const int64_t rank8 = rank & ~int64_t{7};
+  const __m128 vscale = _mm_set1_ps(scale);
+  int64_t o = 0;
+  for (; o + 4 <= out; o += 4) {
+    const W* b0 = b + o * rank;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t k = 0; k < rank8; k += 8) {
+      const __m256 tv = _mm256_loadu_ps(t + k);
+      s0 = _mm256_fmadd_ps(Load8(b0 + k), tv, s0);
+      s1 = _mm256_fmadd_ps(Load8(b0 + rank + k), tv, s1);
+      s2 = _mm256_fmadd_ps(Load8(b0 + 2 * rank + k), tv, s2);
+      s3 = _mm256_fmadd_ps(Load8(b0 + 3 * rank + k), tv, s3);
+    }
+    alignas(16) float d[4];
+    _mm_store_ps(d, cpu::Sum4(s0, s1, s2, s3));
+    for (int64_t k = rank8; k < rank; ++k) {
+      for (int r = 0; r < 4; ++r) d[r] += t[k] * ToFloat(b0[r * rank + k]);
+    }
+    __m128 dv = _mm_load_ps(d);
+    if (bias != nullptr) dv = _mm_add_ps(dv, _mm_loadu_ps(bias + o));
+    _mm_storeu_ps(acc + o, _mm_add_ps(_mm_loadu_ps(acc + o), _mm_mul_ps(vscale, dv)));
+  }
+  for (; o < out; ++o) {
+    float d = Dot(t, b + o * rank, rank);
+    if (bias != nullptr) d += bias[o];
+    acc[o] += scale * d;
+  }
+}
+#endif
+
+// One row through AddRow, in AVX2 where the CPU has it.
+template <typename W>
+void AddRowFast(const float* x, const W* a, const W* b, const float* bias, float scale, int64_t rank, int64_t in,
+                int64_t out, float* t, float* acc) {
+#ifdef LORASERVE_CPU_AVX2
+  if (cpu::HasAvx2Fma()) return AddRowAvx2(x, a, b, bias, scale, rank, in, out, t, acc);
+#endif
+  AddRow(x, a, b, bias, scale, rank, in, out, t, acc);
+}
+
 // CPU: segments of a few rows (decode: one row per sequence) are computed row by row in one
 // parallel loop straight from the adapter weights (two small matrix-vector products per row, no
 // LibTorch op per segment); larger segments (prefill) keep the GEMM pair of the gather kernel.
@@ -164,10 +229,10 @@ class CpuLoraKernel : public LoraKernel {
           const float* bias = s.bias != nullptr ? s.bias->data_ptr<float>() : nullptr;
           const float scale = static_cast<float>(s.scale);
           if (s.a->scalar_type() == at::kFloat) {
-            AddRow(xf.data(), s.a->data_ptr<float>(), s.b->data_ptr<float>(), bias, scale, rank, in, out,
+            AddRowFast(xf.data(), s.a->data_ptr<float>(), s.b->data_ptr<float>(), bias, scale, rank, in, out,
                    t.data(), acc.data());
           } else {
-            AddRow(xf.data(), s.a->data_ptr<c10::BFloat16>(), s.b->data_ptr<c10::BFloat16>(), bias, scale, rank,
+            AddRowFast(xf.data(), s.a->data_ptr<c10::BFloat16>(), s.b->data_ptr<c10::BFloat16>(), bias, scale, rank,
                    in, out, t.data(), acc.data());
           }
         }

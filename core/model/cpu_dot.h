@@ -8,6 +8,14 @@
 
 #include <cstdint>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+// Loops with an AVX2 + FMA version, chosen at run time with HasAvx2Fma() (the build targets
+// baseline x86-64).
+#define LORASERVE_CPU_AVX2 1
+#define LORASERVE_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
 namespace loraserve::core::cpu {
 
 inline float ToFloat(float v) { return v; }
@@ -27,6 +35,34 @@ inline float Dot(const float* p, const T* q, int64_t n) {
   for (int k = 0; k < 8; ++k) sum += part[k];
   return sum;
 }
+
+#ifdef LORASERVE_CPU_AVX2
+inline bool HasAvx2Fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+// Eight floats, or eight bfloat16 widened exactly (the bits shifted into the high half).
+LORASERVE_TARGET_AVX2 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+LORASERVE_TARGET_AVX2 inline __m256 Load8(const c10::BFloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+// The sum of v's lanes.
+LORASERVE_TARGET_AVX2 inline float Sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// The four lane sums of a0..a3, in order.
+LORASERVE_TARGET_AVX2 inline __m128 Sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+#endif  // LORASERVE_CPU_AVX2
 
 }  // namespace loraserve::core::cpu
 

@@ -7,11 +7,6 @@
 
 #include "core/model/cpu_dot.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define LORASERVE_SMALL_FORWARD_AVX2 1
-#endif
-
 namespace loraserve::core {
 namespace {
 
@@ -23,26 +18,14 @@ void LinearPortable(const SmallLinear& m, const float* x, int64_t rows, float* y
   }
 }
 
-#ifdef LORASERVE_SMALL_FORWARD_AVX2
-#define LORASERVE_AVX2 __attribute__((target("avx2,fma")))
-
-// The four sums of a0..a3's lanes, in order.
-LORASERVE_AVX2 inline __m128 Sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
-  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-}
-
-LORASERVE_AVX2 inline float Sum1(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+#ifdef LORASERVE_CPU_AVX2
+using cpu::Sum8;
+using cpu::Sum4;
 
 // y[t][r] = x[t]·w[r] for R (1 or 4) weight rows and TT input rows: R·TT independent
 // accumulators, each weight load shared by the TT rows. `y` has row stride `ys`.
 template <int R, int TT>
-LORASERVE_AVX2 void Block(const float* x, const float* w, int64_t in, float* y, int64_t ys) {
+LORASERVE_TARGET_AVX2 void Block(const float* x, const float* w, int64_t in, float* y, int64_t ys) {
   __m256 acc[TT][R];
   for (int t = 0; t < TT; ++t) {
     for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps();
@@ -61,7 +44,7 @@ LORASERVE_AVX2 void Block(const float* x, const float* w, int64_t in, float* y, 
     if constexpr (R == 4) {
       _mm_storeu_ps(out, Sum4(acc[t][0], acc[t][1], acc[t][2], acc[t][3]));
     } else {
-      out[0] = Sum1(acc[t][0]);
+      out[0] = Sum8(acc[t][0]);
     }
     for (int r = 0; r < R; ++r) {
       for (int64_t i = n8; i < in; ++i) out[r] += x[t * in + i] * w[r * in + i];
@@ -70,7 +53,7 @@ LORASERVE_AVX2 void Block(const float* x, const float* w, int64_t in, float* y, 
 }
 
 template <int R>
-LORASERVE_AVX2 void Rows(const SmallLinear& m, const float* x, int64_t rows, int64_t o, float* y) {
+LORASERVE_TARGET_AVX2 void Rows(const SmallLinear& m, const float* x, int64_t rows, int64_t o, float* y) {
   const float* w = m.weight + o * m.in;
   int64_t t = 0;
   for (; t + 3 <= rows; t += 3) Block<R, 3>(x + t * m.in, w, m.in, y + t * m.out + o, m.out);
@@ -78,17 +61,13 @@ LORASERVE_AVX2 void Rows(const SmallLinear& m, const float* x, int64_t rows, int
   if (rows - t == 1) Block<R, 1>(x + t * m.in, w, m.in, y + t * m.out + o, m.out);
 }
 
-LORASERVE_AVX2 void LinearAvx2(const SmallLinear& m, const float* x, int64_t rows, float* y) {
+LORASERVE_TARGET_AVX2 void LinearAvx2(const SmallLinear& m, const float* x, int64_t rows, float* y) {
   int64_t o = 0;
   for (; o + 4 <= m.out; o += 4) Rows<4>(m, x, rows, o, y);
   for (; o < m.out; ++o) Rows<1>(m, x, rows, o, y);
 }
 
-bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#endif  // LORASERVE_SMALL_FORWARD_AVX2
+#endif  // LORASERVE_CPU_AVX2
 
 // ---------------------------------------------------------------- the other operators
 
@@ -154,8 +133,8 @@ void Attention(const SmallModelView& m, const float* q, const float* k, const fl
 }  // namespace
 
 void SmallLinearRows(const SmallLinear& m, const float* x, int64_t rows, float* y) {
-#ifdef LORASERVE_SMALL_FORWARD_AVX2
-  if (HasAvx2()) {
+#ifdef LORASERVE_CPU_AVX2
+  if (cpu::HasAvx2Fma()) {
     LinearAvx2(m, x, rows, y);
   } else {
     LinearPortable(m, x, rows, y);

@@ -73,6 +73,36 @@ TEST(LoraKernelTest, CpuKernelMatchesGatherKernel) {
   }
 }
 
+// The row kernel's vector blocks (4 rows of A, 4 outputs of B, 8 lanes) and their scalar tails:
+// in and out that are and are not multiples of 8 and 4, ranks below, at and between the block
+// sizes, fp32 and bf16 weights, against the gather kernel on the same (fp32) values.
+TEST(LoraKernelTest, RowKernelBlocksAndTailsMatchGather) {
+  at::manual_seed(5);
+  const auto cpu = MakeCpuLoraKernel();
+  const auto gather = MakeGatherLoraKernel();
+  for (const int64_t in : {48, 45}) {
+    for (const int64_t out : {56, 53}) {
+      for (const int64_t rank : {1, 3, 4, 8, 12, 16, 20}) {
+        for (const at::ScalarType wt : {at::kFloat, at::kBFloat16}) {
+          SCOPED_TRACE(testing::Message() << "in " << in << " out " << out << " rank " << rank << " "
+                                          << c10::toString(wt));
+          const at::Tensor a = at::randn({rank, in}).to(wt), b = at::randn({out, rank}).to(wt);
+          const at::Tensor a32 = a.to(at::kFloat), b32 = b.to(at::kFloat), bias = at::randn({out});
+          std::vector<RowSet> sets = {{0, 1, {}, {}}, {0, 0, at::tensor({2, 4, 5}, at::kLong), {}}};
+          std::vector<LoraSegment> seg = {{&sets[0], &a, &b, &bias, 0.75}, {&sets[1], &a, &b, nullptr, -1.5}};
+          std::vector<LoraSegment> seg32 = {{&sets[0], &a32, &b32, &bias, 0.75}, {&sets[1], &a32, &b32, nullptr, -1.5}};
+          const at::Tensor x = at::randn({6, in}), y0 = at::randn({6, out});
+          at::Tensor got = y0.clone(), want = y0.clone();
+          cpu->AddSegments(x, got, seg);
+          gather->AddSegments(x, want, seg32);
+          EXPECT_GT((got - y0).abs().max().item<double>(), 0.5);
+          EXPECT_LE((got - want).abs().max().item<double>(), 1e-4 * std::max(1.0, want.abs().max().item<double>()));
+        }
+      }
+    }
+  }
+}
+
 // bf16-stored adapter weights (--adapter_dtype=bfloat16): both kernels compute with them in fp32
 // and agree with the fp32 computation on the same (rounded) weights, small and large segments.
 TEST(LoraKernelTest, BfloatWeightsAccumulateInFloat) {
