@@ -84,25 +84,31 @@ inline void AddRow(const float* x, const W* a, const W* b, const float* bias, fl
 }
 
 #ifdef LORASERVE_CPU_AVX2
+// v·m[r] for the four rows m[r] = m + r·stride, over the first n8 (a multiple of 8) elements.
+template <typename W>
+LORASERVE_TARGET_AVX2 inline __m128 Dot4(const float* v, const W* m, int64_t stride, int64_t n8) {
+  using cpu::Load8;
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 vv = _mm256_loadu_ps(v + i);
+    s0 = _mm256_fmadd_ps(Load8(m + i), vv, s0);
+    s1 = _mm256_fmadd_ps(Load8(m + stride + i), vv, s1);
+    s2 = _mm256_fmadd_ps(Load8(m + 2 * stride + i), vv, s2);
+    s3 = _mm256_fmadd_ps(Load8(m + 3 * stride + i), vv, s3);
+  }
+  return cpu::Sum4(s0, s1, s2, s3);
+}
+
 // AddRow with AVX2 + FMA: the shrink four rows of A at a time (four accumulators sharing each x
 // load), the expand four outputs at a time over B's rank-wide rows, bf16 widened in registers.
 template <typename W>
 LORASERVE_TARGET_AVX2 void AddRowAvx2(const float* x, const W* a, const W* b, const float* bias, float scale,
                                       int64_t rank, int64_t in, int64_t out, float* t, float* acc) {
-  using cpu::Load8;
   const int64_t in8 = in & ~int64_t{7};
   int64_t j = 0;
   for (; j + 4 <= rank; j += 4) {
     const W* a0 = a + j * in;
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (int64_t i = 0; i < in8; i += 8) {
-      const __m256 xv = _mm256_loadu_ps(x + i);
-      s0 = _mm256_fmadd_ps(Load8(a0 + i), xv, s0);
-      s1 = _mm256_fmadd_ps(Load8(a0 + in + i), xv, s1);
-      s2 = _mm256_fmadd_ps(Load8(a0 + 2 * in + i), xv, s2);
-      s3 = _mm256_fmadd_ps(Load8(a0 + 3 * in + i), xv, s3);
-    }
-    _mm_storeu_ps(t + j, cpu::Sum4(s0, s1, s2, s3));
+    _mm_storeu_ps(t + j, Dot4(x, a0, in, in8));
     for (int64_t i = in8; i < in; ++i) {
       for (int r = 0; r < 4; ++r) t[j + r] += x[i] * ToFloat(a0[r * in + i]);
     }
@@ -113,16 +119,8 @@ LORASERVE_TARGET_AVX2 void AddRowAvx2(const float* x, const W* a, const W* b, co
   int64_t o = 0;
   for (; o + 4 <= out; o += 4) {
     const W* b0 = b + o * rank;
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (int64_t k = 0; k < rank8; k += 8) {
-      const __m256 tv = _mm256_loadu_ps(t + k);
-      s0 = _mm256_fmadd_ps(Load8(b0 + k), tv, s0);
-      s1 = _mm256_fmadd_ps(Load8(b0 + rank + k), tv, s1);
-      s2 = _mm256_fmadd_ps(Load8(b0 + 2 * rank + k), tv, s2);
-      s3 = _mm256_fmadd_ps(Load8(b0 + 3 * rank + k), tv, s3);
-    }
     alignas(16) float d[4];
-    _mm_store_ps(d, cpu::Sum4(s0, s1, s2, s3));
+    _mm_store_ps(d, Dot4(t, b0, rank, rank8));
     for (int64_t k = rank8; k < rank; ++k) {
       for (int r = 0; r < 4; ++r) d[r] += t[k] * ToFloat(b0[r * rank + k]);
     }
