@@ -445,8 +445,6 @@ class EngineImpl : public Engine {
     merged_names_ = std::move(names);
   }
 
-  // Queues `task` for the engine thread between two steps. After the engine loop has ended the
-  // task cannot run: returns false (the caller answers Unavailable).
   // On an idle engine (nothing queued, running or posted) runs `fn` on the calling thread, holding
   // exec_mu_ as the engine thread does for its work, and returns true; otherwise (or while the
   // engine thread holds exec_mu_) returns false without running it. Only for work bounded to a
@@ -469,6 +467,8 @@ class EngineImpl : public Engine {
     return true;
   }
 
+  // Queues `task` for the engine thread between two steps. After the engine loop has ended the
+  // task cannot run: returns false (the caller answers Unavailable).
   bool PostTask(std::function<void()> task) {
     absl::MutexLock lock(&mu_);
     if (loop_exited_) return false;

@@ -101,16 +101,16 @@ LORASERVE_TARGET_AVX2 ValueScan ScanRowsAvx2(const T* p, int64_t rows, int64_t c
   return out;
 }
 
+#endif
+
+// ScanRows, in AVX2 where the CPU has it.
 template <typename T>
 ValueScan ScanRowsFast(const T* p, int64_t rows, int64_t cols) {
-  return cpu::HasAvx2Fma() ? ScanRowsAvx2(p, rows, cols) : ScanRows(p, rows, cols);
-}
-#else
-template <typename T>
-ValueScan ScanRowsFast(const T* p, int64_t rows, int64_t cols) {
+#ifdef LORASERVE_CPU_AVX2
+  if (cpu::HasAvx2Fma()) return ScanRowsAvx2(p, rows, cols);
+#endif
   return ScanRows(p, rows, cols);
 }
-#endif
 
 // The loader's checks read every value once (ATen's isfinite + abs + sum + max read each tensor
 // four times through temporaries: the bulk of an adapter's load time).

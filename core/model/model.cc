@@ -82,6 +82,22 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return x * cos + rotated * sin;
 }
 
+// The checks every forward makes on a sequence's new tokens: `total` positions fit the context,
+// every id is in the vocabulary.
+absl::Status CheckNewTokens(const ModelConfig& c, int64_t seq_id, int64_t total, absl::Span<const int32_t> tokens) {
+  if (total > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, " would reach ", total,
+                                                   " tokens, past max_position_embeddings ",
+                                                   c.max_position_embeddings));
+  }
+  for (const int32_t t : tokens) {
+    if (t < 0 || t >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- KvCache
@@ -385,18 +401,11 @@ absl::StatusOr<at::Tensor> Model::Forward(absl::Span<const SequenceInput> batch,
       return absl::InvalidArgumentError(absl::StrCat("sequence ", in.seq_id, " appears twice in one batch"));
     }
     if (in.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", in.seq_id, " has no new tokens"));
-    if (s->length + static_cast<int64_t>(in.tokens.size()) > c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequence ", in.seq_id, " would reach ", s->length + in.tokens.size(),
-          " tokens, past max_position_embeddings ", c.max_position_embeddings));
-    }
+    LORASERVE_RETURN_IF_ERROR(
+        CheckNewTokens(c, in.seq_id, s->length + static_cast<int64_t>(in.tokens.size()), in.tokens));
     offsets.push_back(static_cast<int64_t>(ids.size()));
     for (size_t i = 0; i < in.tokens.size(); ++i) {
-      const int32_t t = in.tokens[i];
-      if (t < 0 || t >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside the vocabulary [0, ", c.vocab_size, ")"));
-      }
-      ids.push_back(t);
+      ids.push_back(in.tokens[i]);
       positions.push_back(s->length + static_cast<int64_t>(i));
     }
     seqs.push_back(s);
@@ -512,16 +521,7 @@ bool Model::ScoresInPlainLoops(int64_t num_tokens) const {
 absl::StatusOr<at::Tensor> Model::ScoreSmall(absl::Span<const int32_t> tokens) const {
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n > c.max_position_embeddings) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence 0 would reach ", n,
-                                                   " tokens, past max_position_embeddings ",
-                                                   c.max_position_embeddings));
-  }
-  for (const int32_t t : tokens) {
-    if (t < 0 || t >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", t, " outside the vocabulary [0, ", c.vocab_size, ")"));
-    }
-  }
+  LORASERVE_RETURN_IF_ERROR(CheckNewTokens(c, /*seq_id=*/0, n, tokens));
   return CallTorch("forward", [&]() -> at::Tensor {
     // Merges may replace weight tensors: every pointer is taken now, and a tensor that is not a
     // contiguous float32 CPU one sends the call to the LibTorch forward.

@@ -69,6 +69,14 @@ LORASERVE_TARGET_AVX2 void LinearAvx2(const SmallLinear& m, const float* x, int6
 
 #endif  // LORASERVE_CPU_AVX2
 
+// y = x·Wᵀ, in AVX2 where the CPU has it.
+void LinearWithoutBias(const SmallLinear& m, const float* x, int64_t rows, float* y) {
+#ifdef LORASERVE_CPU_AVX2
+  if (cpu::HasAvx2Fma()) return LinearAvx2(m, x, rows, y);
+#endif
+  LinearPortable(m, x, rows, y);
+}
+
 // ---------------------------------------------------------------- the other operators
 
 // transformers' LlamaRMSNorm in float32: w ⊙ (x · rsqrt(mean(x²) + eps)).
@@ -133,15 +141,7 @@ void Attention(const SmallModelView& m, const float* q, const float* k, const fl
 }  // namespace
 
 void SmallLinearRows(const SmallLinear& m, const float* x, int64_t rows, float* y) {
-#ifdef LORASERVE_CPU_AVX2
-  if (cpu::HasAvx2Fma()) {
-    LinearAvx2(m, x, rows, y);
-  } else {
-    LinearPortable(m, x, rows, y);
-  }
-#else
-  LinearPortable(m, x, rows, y);
-#endif
+  LinearWithoutBias(m, x, rows, y);
   if (m.bias != nullptr) {
     for (int64_t t = 0; t < rows; ++t) {
       for (int64_t o = 0; o < m.out; ++o) y[t * m.out + o] += m.bias[o];
